@@ -1,0 +1,192 @@
+"""The adapter registry: immutable versions, moving aliases, training runs, append-only audit.
+
+Aliases: `champion` (what scorers serve) and `previous` (where a rollback goes). The value `base`
+means "no adapter": the zero-shot base model. Every alias move appends an audit row in the same
+transaction, so the history can always explain the current state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from storage.errors import InvalidTransition, VersionNotFound
+from storage.models import AdapterVersion, AuditLog, DriftReport, RegistryAlias, TrainingRun, utcnow
+
+BASE = "base"
+CHAMPION = "champion"
+PREVIOUS = "previous"
+
+
+# --- versions --------------------------------------------------------------------------------------
+def next_version_name(*, session: Session) -> str:
+    """Monotonic names v0001, v0002, ... (never reused, even for rejected versions)."""
+    n = session.execute(select(func.count()).select_from(AdapterVersion)).scalar_one()
+    return f"v{int(n) + 1:04d}"
+
+
+def add_version(*, session: Session, version: AdapterVersion) -> AdapterVersion:
+    session.add(version)
+    session.flush()
+    return version
+
+
+def get_version(*, session: Session, version: str) -> AdapterVersion:
+    row = session.execute(select(AdapterVersion).where(col(AdapterVersion.version) == version)).scalar_one_or_none()
+    if row is None:
+        raise VersionNotFound(f"no adapter version {version!r}")
+    return row
+
+
+def list_versions(*, session: Session, status: str | None = None) -> list[AdapterVersion]:
+    q = select(AdapterVersion).order_by(col(AdapterVersion.id))
+    if status is not None:
+        q = q.where(col(AdapterVersion.status) == status)
+    return list(session.execute(q).scalars().all())
+
+
+def set_gate(*, session: Session, version: str, gate: dict[str, Any], status: str) -> None:
+    row = get_version(session=session, version=version)
+    row.gate = gate
+    row.status = status
+    session.add(row)
+
+
+# --- aliases -------------------------------------------------------------------------------------
+def get_alias(*, session: Session, name: str) -> str | None:
+    row = session.get(RegistryAlias, name)
+    return row.version if row else None
+
+
+def champion(*, session: Session) -> str:
+    """The version scorers should serve (`base` before any promotion)."""
+    return get_alias(session=session, name=CHAMPION) or BASE
+
+
+def _set_alias(session: Session, name: str, version: str | None) -> None:
+    row = session.get(RegistryAlias, name)
+    if version is None:
+        if row is not None:
+            session.delete(row)
+        return
+    if row is None:
+        row = RegistryAlias(name=name, version=version, updated_at=utcnow())
+    row.version = version
+    row.updated_at = utcnow()
+    session.add(row)
+
+
+def _set_status(session: Session, version: str, status: str) -> None:
+    if version != BASE:
+        row = get_version(session=session, version=version)
+        row.status = status
+        session.add(row)
+
+
+def promote(*, session: Session, version: str, actor: str, reason: str | None = None,
+            action: str = "promote") -> AuditLog:
+    """Make `version` the champion; the old champion becomes `previous`."""
+    if version != BASE:
+        row = get_version(session=session, version=version)
+        if row.status == "champion":
+            raise InvalidTransition(f"{version} is already the champion")
+    old = champion(session=session)
+    if old == version:
+        raise InvalidTransition(f"{version} is already the champion")
+    _set_status(session, old, "retired")
+    _set_status(session, version, "champion")
+    _set_alias(session, PREVIOUS, old)
+    _set_alias(session, CHAMPION, version)
+    return audit(session=session, actor=actor, action=action, from_version=old, to_version=version,
+                 reason=reason)
+
+
+def rollback(*, session: Session, actor: str, reason: str | None = None) -> AuditLog:
+    """Go back to the previous champion; `previous` then points at the one before it in history."""
+    target = get_alias(session=session, name=PREVIOUS)
+    current = champion(session=session)
+    if target is None:
+        raise InvalidTransition("there is no previous champion to roll back to")
+    _set_status(session, current, "retired")
+    _set_status(session, target, "champion")
+    _set_alias(session, CHAMPION, target)
+    _set_alias(session, PREVIOUS, _champion_before(session, target))
+    return audit(session=session, actor=actor, action="rollback", from_version=current, to_version=target,
+                 reason=reason)
+
+
+def _champion_before(session: Session, version: str) -> str | None:
+    """Who was champion when `version` last became champion, from the audit history."""
+    q = (
+        select(AuditLog)
+        .where(col(AuditLog.to_version) == version, col(AuditLog.action).in_(["promote", "auto_promote"]))
+        .order_by(col(AuditLog.id).desc())
+        .limit(1)
+    )
+    row = session.execute(q).scalar_one_or_none()
+    return row.from_version if row else None
+
+
+# --- audit ---------------------------------------------------------------------------------------
+def audit(*, session: Session, actor: str, action: str, from_version: str | None = None,
+          to_version: str | None = None, reason: str | None = None,
+          details: dict[str, Any] | None = None) -> AuditLog:
+    row = AuditLog(ts=utcnow(), actor=actor, action=action, from_version=from_version,
+                   to_version=to_version, reason=reason, details=details or {})
+    session.add(row)
+    session.flush()
+    return row
+
+
+def audit_log(*, session: Session, limit: int = 50) -> list[AuditLog]:
+    q = select(AuditLog).order_by(col(AuditLog.id).desc()).limit(limit)
+    return list(session.execute(q).scalars().all())
+
+
+# --- training runs -------------------------------------------------------------------------------
+def start_run(*, session: Session, trigger: str, status: str = "running", reason: str | None = None) -> TrainingRun:
+    run = TrainingRun(trigger=trigger, status=status, started_at=utcnow(), reason=reason)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def finish_run(*, session: Session, run_id: int, status: str, **fields: Any) -> TrainingRun:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise VersionNotFound(f"no training run {run_id}")
+    run.status = status
+    run.finished_at = utcnow()
+    for k, v in fields.items():
+        setattr(run, k, v)
+    session.add(run)
+    return run
+
+
+def recent_runs(*, session: Session, limit: int = 10, statuses: Sequence[str] | None = None) -> list[TrainingRun]:
+    q = select(TrainingRun).order_by(col(TrainingRun.id).desc()).limit(limit)
+    if statuses:
+        q = q.where(col(TrainingRun.status).in_(list(statuses)))
+    return list(session.execute(q).scalars().all())
+
+
+def last_data_cutoff(*, session: Session) -> datetime | None:
+    """Newest event time any finished (non-skipped) run trained on."""
+    q = select(func.max(col(TrainingRun.data_cutoff))).where(col(TrainingRun.status).in_(["succeeded", "failed"]))
+    return session.execute(q).scalar_one()
+
+
+# --- drift ---------------------------------------------------------------------------------------
+def add_drift_report(*, session: Session, report: DriftReport) -> DriftReport:
+    session.add(report)
+    session.flush()
+    return report
+
+
+def recent_drift(*, session: Session, limit: int = 10) -> list[DriftReport]:
+    q = select(DriftReport).order_by(col(DriftReport.id).desc()).limit(limit)
+    return list(session.execute(q).scalars().all())

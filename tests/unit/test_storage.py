@@ -1,0 +1,123 @@
+"""Storage on SQLite and PostgreSQL: schema check, idempotent writes, catalog ordering, registry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect, text
+
+from storage import events_repo, registry
+from storage.db import ensure_schema, head_revision, make_engine, session_scope, upgrade
+from storage.errors import InvalidTransition, SchemaOutdated, VersionNotFound
+from storage.models import AdapterVersion
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def feedback(i: int, **kw: object) -> dict[str, object]:
+    row: dict[str, object] = dict(
+        event_id=f"e{i}", ts=T0 + timedelta(seconds=i), query="red shoe", item_id=f"i{i % 5}",
+        action="click", item_text=None, position=i % 10, request_id=f"r{i // 10}", session_hash=None,
+        user_hash=None, topic="ranktune.feedback", partition=0, offset=i, ingested_at=T0 + timedelta(seconds=i),
+    )
+    row.update(kw)
+    return row
+
+
+def test_new_sqlite_file_gets_current_schema(tmp_path):
+    eng = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    ensure_schema(eng)
+    assert "feedback_events" in inspect(eng).get_table_names()
+    with eng.connect() as c:
+        assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert c.execute(text("select version_num from alembic_version")).scalar() == head_revision()
+
+
+def test_outdated_schema_is_refused_with_the_fix(db_url):
+    eng = make_engine(db_url)
+    if eng.dialect.name == "sqlite":
+        # an existing SQLite database with tables but no migration record is not silently "fixed"
+        with eng.begin() as c:
+            c.execute(text("create table other (x int)"))
+    with pytest.raises(SchemaOutdated, match="ranktune db upgrade"):
+        ensure_schema(eng)
+    upgrade(eng)
+    ensure_schema(eng)  # now current: no error
+
+
+def test_feedback_insert_is_idempotent(engine):
+    rows = [feedback(i) for i in range(20)]
+    with session_scope(engine) as s:
+        first = events_repo.insert_feedback(session=s, rows=rows[:15])
+    with session_scope(engine) as s:
+        second = events_repo.insert_feedback(session=s, rows=rows + [rows[3]])
+    assert (first.stored, first.duplicates) == (15, 0)
+    assert (second.stored, second.duplicates) == (5, 16)
+    with session_scope(engine) as s:
+        assert events_repo.count_feedback(session=s) == 20
+        assert events_repo.count_feedback(session=s, since=T0 + timedelta(seconds=9)) == 10
+
+
+def test_catalog_upsert_keeps_the_newest(engine):
+    def item(title: str, ts: datetime) -> dict[str, object]:
+        return dict(item_id="sku-1", title=title, description=None, category="boots", brand="acme",
+                    attributes={"colour": "black"}, ts=ts, updated_at=ts)
+
+    with session_scope(engine) as s:
+        events_repo.upsert_catalog(session=s, rows=[item("v2", T0 + timedelta(hours=1))])
+    with session_scope(engine) as s:
+        events_repo.upsert_catalog(session=s, rows=[item("v1", T0)])  # older: ignored
+    with session_scope(engine) as s:
+        assert events_repo.catalog_items(session=s)["sku-1"].title == "v2"
+        events_repo.upsert_catalog(session=s, rows=[item("v3", T0 + timedelta(hours=2)), item("v0", T0)])
+    with session_scope(engine) as s:
+        got = events_repo.catalog_items(session=s)["sku-1"]
+        assert got.title == "v3"
+        assert got.attributes == {"colour": "black"}
+
+
+def _version(s, name: str) -> None:
+    registry.add_version(session=s, version=AdapterVersion(
+        version=name, base_model="m", quantization="nf4", status="candidate", artifact_path=f"/a/{name}",
+        checksum="0" * 64, created_at=T0))
+
+
+def test_registry_promote_and_rollback_follow_history(engine):
+    with session_scope(engine) as s:
+        assert registry.champion(session=s) == "base"
+        assert registry.next_version_name(session=s) == "v0001"
+        for v in ("v0001", "v0002", "v0003"):
+            _version(s, v)
+        assert registry.next_version_name(session=s) == "v0004"
+    with session_scope(engine) as s:
+        registry.promote(session=s, version="v0001", actor="gate")
+        registry.promote(session=s, version="v0002", actor="alice", reason="better")
+        registry.promote(session=s, version="v0003", actor="alice")
+    with session_scope(engine) as s:
+        assert registry.champion(session=s) == "v0003"
+        row = registry.rollback(session=s, actor="bob", reason="bad")
+        assert (row.from_version, row.to_version) == ("v0003", "v0002")
+    with session_scope(engine) as s:
+        registry.rollback(session=s, actor="bob")
+        assert registry.champion(session=s) == "v0001"
+        registry.rollback(session=s, actor="bob")
+        assert registry.champion(session=s) == "base"
+        with pytest.raises(InvalidTransition):
+            registry.rollback(session=s, actor="bob")
+    with session_scope(engine) as s:
+        statuses = {v.version: v.status for v in registry.list_versions(session=s)}
+        assert statuses == {"v0001": "retired", "v0002": "retired", "v0003": "retired"}
+        log = registry.audit_log(session=s)
+        assert [a.action for a in log] == ["rollback"] * 3 + ["promote"] * 3
+        assert log[-2].actor == "alice" and log[-2].reason == "better"
+
+
+def test_registry_refuses_unknown_and_repeated_promotion(engine):
+    with session_scope(engine) as s:
+        _version(s, "v0001")
+        with pytest.raises(VersionNotFound):
+            registry.promote(session=s, version="v0404", actor="x")
+        registry.promote(session=s, version="v0001", actor="x")
+        with pytest.raises(InvalidTransition):
+            registry.promote(session=s, version="v0001", actor="x")
