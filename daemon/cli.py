@@ -17,6 +17,8 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 # Modules that add sub-commands: each has `register(subparsers) -> None` and sets `handler` defaults.
 COMMAND_MODULES: tuple[str, ...] = (
     "daemon.commands.db",
+    "daemon.commands.bench",
+    "daemon.commands.simulate",
 )
 
 
