@@ -30,13 +30,14 @@ def insert_feedback(*, session: Session, rows: Sequence[dict[str, Any]]) -> Writ
     unique = list({r["event_id"]: r for r in rows}.values())
     if not unique:
         return WriteResult(0, len(rows))
+    # One statement, the rows as its parameters: SQLAlchemy batches them ("insertmanyvalues") without
+    # compiling a new statement per batch, which `.values(rows)` would (about 20x slower per row).
     stmt = (
         _insert(session, FeedbackEvent)
-        .values(unique)
         .on_conflict_do_nothing(index_elements=["event_id"])
         .returning(col(FeedbackEvent.event_id))
     )
-    stored = len(session.execute(stmt).all())
+    stored = len(session.connection().execute(stmt, unique).all())
     return WriteResult(stored, len(rows) - stored)
 
 
@@ -49,14 +50,14 @@ def upsert_catalog(*, session: Session, rows: Sequence[dict[str, Any]]) -> int:
             latest[r["item_id"]] = r
     if not latest:
         return 0
-    stmt = _insert(session, CatalogItem).values(list(latest.values()))
+    stmt = _insert(session, CatalogItem)
     cols = ("title", "description", "category", "brand", "attributes", "ts", "updated_at")
     stmt = stmt.on_conflict_do_update(
         index_elements=["item_id"],
         set_={c: stmt.excluded[c] for c in cols},
         where=stmt.excluded.ts >= col(CatalogItem.ts),
     ).returning(col(CatalogItem.item_id))
-    return len(session.execute(stmt).all())
+    return len(session.connection().execute(stmt, list(latest.values())).all())
 
 
 def count_feedback(*, session: Session, since: datetime | None = None, labelled_only: bool = False) -> int:

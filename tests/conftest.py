@@ -10,4 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.broker",
+    "tests.fixtures.ingest",
+    "tests.fixtures.model",
+    "tests.fixtures.scoring",
 ]

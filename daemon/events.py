@@ -1,0 +1,234 @@
+"""The strict event schema and `parse_record`: raw Kafka bytes in, a storable row or a rejection out.
+
+One JSON object per Kafka message. The feedback topic carries `FeedbackIn`, the catalog topic
+`CatalogIn`. The schema is strict on purpose: wrong JSON types are not coerced (`"3"` is not a
+position), timestamps must be ISO-8601 strings with a zone, and unknown fields are rejected
+(`unknown_field`) rather than silently dropped, so a producer that renames a field finds out from
+the dead-letter topic instead of losing data. Strings may not contain NUL and attribute numbers
+must be finite: PostgreSQL refuses both, and one such row would otherwise block a whole batch.
+
+Per-message failures are values, not exceptions: `parse_record` returns a `Rejection` carrying the
+original bytes and a low-cardinality reason code (safe as a metric label):
+
+| reason           | meaning                                                        |
+|------------------|----------------------------------------------------------------|
+| `too_large`      | message over `max_message_bytes`                               |
+| `bad_utf8`       | value is not valid UTF-8                                       |
+| `not_json`       | value is not JSON (or is a null/tombstone value)               |
+| `not_object`     | value is JSON but not an object                                |
+| `unknown_field`  | an unexpected field (the message names it)                     |
+| `unknown_action` | `action` is not one of the four actions                        |
+| `schema:<field>` | a known field is missing, mistyped, out of range or naive-time |
+| `unknown_topic`  | record from a topic that carries no ranktune events            |
+| `store_failed`   | the database refused the row although it passed the schema    |
+
+Personal data (`user_id`, `session_id`) leaves this module only as a keyed hash, and rejection
+messages never quote values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from daemon.pseudonym import Pseudonymizer
+from daemon.settings import Settings
+
+Action = Literal["impression", "click", "add_to_cart", "purchase"]
+ACTIONS: tuple[str, ...] = ("impression", "click", "add_to_cart", "purchase")
+INT32_MAX = 2**31 - 1
+
+
+def _no_nul(v: str) -> str:
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    return v
+
+
+def _storable_json(v: Any) -> Any:
+    """Attributes must survive a round trip through PostgreSQL JSON: no NUL, no NaN/Infinity."""
+    if isinstance(v, str):
+        _no_nul(v)
+    elif isinstance(v, float) and not math.isfinite(v):
+        raise ValueError("numbers must be finite")
+    elif isinstance(v, dict):
+        for k, item in v.items():
+            _no_nul(k)
+            _storable_json(item)
+    elif isinstance(v, list):
+        for item in v:
+            _storable_json(item)
+    return v
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_nul)]
+Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
+PersonalId = Annotated[str, Field(min_length=1, max_length=256)]  # hashed, never stored raw
+
+
+class _StrictEvent(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class FeedbackIn(_StrictEvent):
+    """One user interaction with a ranked item.
+
+    Example: `{"event_id": "e-1", "ts": "2026-11-01T12:00:00Z", "query": "red running shoe",
+    "item_id": "sku-42", "action": "click", "position": 3, "request_id": "r-9", "user_id": "u-7"}`
+    """
+
+    event_id: Id
+    ts: AwareDatetime
+    query: Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_no_nul)]
+    item_id: Id
+    action: Action
+    item_text: Text | None = None
+    position: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    request_id: Id | None = None
+    session_id: PersonalId | None = None
+    user_id: PersonalId | None = None
+
+
+class CatalogIn(_StrictEvent):
+    """A catalog upsert; a later `ts` replaces an earlier one.
+
+    Example: `{"item_id": "sku-42", "title": "Trail shoe", "brand": "Acme", "category": "shoes",
+    "attributes": {"color": "red", "sizes": [41, 42]}, "ts": "2026-11-01T12:00:00+01:00"}`
+    """
+
+    item_id: Id
+    title: Annotated[str, Field(min_length=1), AfterValidator(_no_nul)]
+    description: Text | None = None
+    category: Name | None = None
+    brand: Name | None = None
+    attributes: Annotated[dict[str, JsonValue], AfterValidator(_storable_json)] = Field(default_factory=dict)
+    ts: AwareDatetime
+
+
+@dataclass(frozen=True, slots=True)
+class ParseConfig:
+    """What `parse_record` needs from the settings (topics and the size limit)."""
+
+    feedback_topic: str
+    catalog_topic: str
+    max_message_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ParseConfig:
+        return cls(settings.feedback_topic, settings.catalog_topic, settings.max_message_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A valid event as a storage row (`ingested_at`/`updated_at` are set at write time)."""
+
+    kind: Literal["feedback", "catalog"]
+    row: dict[str, Any]
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None  # the original bytes, kept for a dead letter if the database refuses the row
+    value: bytes | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record that will not be stored: where it came from, its original bytes and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    message: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+def parse_record(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    config: ParseConfig,
+    pseudonymize: Pseudonymizer,
+) -> Parsed | Rejection:
+    """Validate one raw record. Never raises for bad input: returns a `Rejection` instead."""
+
+    def reject(reason: str, message: str) -> Rejection:
+        return Rejection(topic, partition, offset, key, value, reason, message)
+
+    if topic == config.feedback_topic:
+        model: type[FeedbackIn] | type[CatalogIn] = FeedbackIn
+    elif topic == config.catalog_topic:
+        model = CatalogIn
+    else:
+        return reject("unknown_topic", f"topic {topic!r} carries no ranktune events")
+    if value is None:
+        return reject("not_json", "null value (tombstone)")
+    if len(value) > config.max_message_bytes:
+        return reject("too_large", f"{len(value)} bytes > max_message_bytes {config.max_message_bytes}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return reject("bad_utf8", f"invalid UTF-8 at byte {exc.start}")
+    try:
+        event = model.model_validate_json(text)
+    except ValidationError as exc:
+        return reject(*_describe(exc))
+    where = {"topic": topic, "partition": partition, "offset": offset}
+    if isinstance(event, FeedbackIn):
+        row = {
+            "event_id": event.event_id,
+            "ts": event.ts.astimezone(UTC),
+            "query": event.query,
+            "item_id": event.item_id,
+            "action": event.action,
+            "item_text": event.item_text,
+            "position": event.position,
+            "request_id": event.request_id,
+            "session_hash": pseudonymize("session_id", event.session_id),
+            "user_hash": pseudonymize("user_id", event.user_id),
+            **where,
+        }
+        return Parsed("feedback", row, topic, partition, offset, key, value)
+    row = {
+        "item_id": event.item_id,
+        "title": event.title,
+        "description": event.description,
+        "category": event.category,
+        "brand": event.brand,
+        "attributes": event.attributes,
+        "ts": event.ts.astimezone(UTC),
+    }
+    return Parsed("catalog", row, topic, partition, offset, key, value)
+
+
+def _describe(exc: ValidationError) -> tuple[str, str]:
+    """(reason, message) of the first error; messages name fields, never values."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    kind, loc = err["type"], err["loc"]
+    path = ".".join(str(p) for p in loc)
+    if kind == "json_invalid":
+        return "not_json", err["msg"]
+    if not loc:
+        return "not_object", err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown_field", f"unexpected field {path[:64]!r}"
+    if loc[0] == "action" and kind == "literal_error":
+        return "unknown_action", f"action must be one of {', '.join(ACTIONS)}"
+    return f"schema:{loc[0]}", f"{path}: {err['msg']}"

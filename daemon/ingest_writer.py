@@ -1,0 +1,100 @@
+"""Writes a batch of parsed events to the database in one transaction (the ingest loop's storage step).
+
+Rows go through `storage.events_repo` (idempotent: a feedback `event_id` already stored is a
+duplicate, an older catalog `ts` never replaces a newer one). A batch the database refuses for a
+data reason (`DataError`, `IntegrityError`: a row slipped past the schema) is written again one
+event at a time, and the refused events come back as `store_failed` rejections for the dead-letter
+topic, so one bad row never blocks the partition. Any other database error is left to the caller:
+the database is down, and the whole batch is retried later.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+
+from daemon.events import Parsed, Rejection
+from storage.db import session_scope
+from storage.errors import StorageError
+from storage.events_repo import insert_feedback, upsert_catalog
+from storage.models import utcnow
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 1000  # rows per statement (PostgreSQL allows 65535 parameters in one)
+
+# errors that mean "the database is unavailable now": hold the batch and retry it
+DB_UNAVAILABLE: tuple[type[Exception], ...] = (SQLAlchemyError, StorageError)
+
+
+@dataclass
+class WriteOutcome:
+    stored: int = 0
+    duplicates: int = 0
+    refused: list[Rejection] = field(default_factory=list)
+
+
+def bound_sqlite_wait(engine: Engine, seconds: float) -> None:
+    """Make SQLite give up on a lock after `seconds` (`make_engine` waits 30 s), so a locked database
+    holds the batch and pauses the partitions instead of stalling the loop past `max_poll_interval`.
+
+    Set on every checkout, so connections already pooled get it too (one PRAGMA per batch)."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    def _pragma(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+        cur.close()
+
+    event.listen(engine, "checkout", _pragma)
+
+
+def write_batch(engine: Engine, parsed: list[Parsed]) -> WriteOutcome:
+    """Store `parsed` in one transaction. Raises one of `DB_UNAVAILABLE` when the database is down."""
+    try:
+        return _store(engine, parsed)
+    except (DataError, IntegrityError) as exc:
+        log.error("database refused a batch (%s); storing its %d events one by one", short_error(exc), len(parsed))
+    out = WriteOutcome()
+    for p in parsed:
+        try:
+            one = _store(engine, [p])
+        except (DataError, IntegrityError) as exc:
+            log.error("%s refused by the database: %s", p.where, short_error(exc))
+            out.refused.append(Rejection(p.topic, p.partition, p.offset, p.key, p.value, "store_failed",
+                                         short_error(exc)))
+            continue
+        out.stored += one.stored
+        out.duplicates += one.duplicates
+    return out
+
+
+def _store(engine: Engine, parsed: list[Parsed]) -> WriteOutcome:
+    now = utcnow()
+    feedback = [p.row | {"ingested_at": now} for p in parsed if p.kind == "feedback"]
+    catalog = [p.row | {"updated_at": now} for p in parsed if p.kind == "catalog"]
+    out = WriteOutcome()
+    with session_scope(engine) as session:
+        for i in range(0, len(feedback), CHUNK_ROWS):
+            res = insert_feedback(session=session, rows=feedback[i : i + CHUNK_ROWS])
+            out.stored += res.stored
+            out.duplicates += res.duplicates
+        for i in range(0, len(catalog), CHUNK_ROWS):
+            chunk = catalog[i : i + CHUNK_ROWS]
+            written = upsert_catalog(session=session, rows=chunk)
+            out.stored += written
+            out.duplicates += len(chunk) - written
+    return out
+
+
+def short_error(exc: BaseException) -> str:
+    """First line of a (database) error, for log lines and dead-letter headers."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]

@@ -1,0 +1,40 @@
+"""Keyed pseudonyms for personal identifiers (`user_id`, `session_id`).
+
+Raw identifiers are never stored or logged: with a key configured (`RANKTUNE_PSEUDONYM_KEY`) they
+become HMAC-SHA256 hex digests; without one they are dropped. The field name is mixed into the
+message so a user id and a session id with the same text do not share a pseudonym.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from pydantic import SecretStr
+
+
+class Pseudonymizer:
+    """Turns a personal identifier into a stable keyed hash, or `None` when no key is configured."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: SecretStr | str | bytes | None) -> None:
+        if isinstance(key, SecretStr):
+            key = key.get_secret_value()
+        if isinstance(key, str):
+            key = key.encode("utf-8")
+        self._key: bytes | None = key or None
+
+    @property
+    def enabled(self) -> bool:
+        return self._key is not None
+
+    def __call__(self, field: str, value: str | None) -> str | None:
+        """The 64-character hex pseudonym of `value` for `field`; `None` if no key or no value."""
+        if self._key is None or value is None:
+            return None
+        msg = field.encode("utf-8") + b"\x00" + value.encode("utf-8")
+        return hmac.digest(self._key, msg, hashlib.sha256).hex()
+
+    def __repr__(self) -> str:  # the key never appears in logs or tracebacks
+        return f"Pseudonymizer(enabled={self.enabled})"

@@ -1,0 +1,172 @@
+"""Ingestion throughput: ranktune's end-to-end rate beside kafka-python's raw consume rate.
+
+Produces simulated traffic (`daemon.tools.simulate`) to fresh topics of an embedded tansu broker
+(or `--bootstrap`), then consumes the same messages twice, each time with a fresh consumer group:
+raw (kafka-python `poll()` only, no processing) and ranktune (`Ingestor`: validate, store in a fresh
+SQLite database, dead-letter, commit), and optionally a third time into `--database-url` (a scratch
+database at the current schema; the bench rows stay there). Rates are records per second, timed
+from the first fetched batch to the last one (raw) or to the last commit (ranktune), so the group
+join is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer
+
+from daemon.consumer import Ingestor
+from daemon.ingest_stats import IngestStats
+from daemon.ingest_writer import bound_sqlite_wait
+from daemon.kafka_client import client_kwargs, ensure_topics
+from daemon.settings import Settings
+from daemon.tools.broker import EmbeddedBroker
+from daemon.tools.sim_output import produce_kafka
+from daemon.tools.simulate import SimConfig, generate
+from storage.db import ensure_schema, make_engine
+
+TARGET_RATIO = 0.6
+TIMEOUT_S = 600.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", type=int, default=20000, help="Feedback events to simulate (default 20000).")
+    p.add_argument("--malformed-rate", type=float, default=0.01, help="Share of malformed records (default 0.01).")
+    p.add_argument("--items", type=int, default=300, help="Catalog size (default 300).")
+    p.add_argument("--seed", type=int, default=7, help="Simulation seed.")
+    p.add_argument("--bootstrap", default=None, help="Use this Kafka instead of an embedded tansu broker.")
+    p.add_argument("--database-url", default=None,
+                   help="Also measure ranktune into this (scratch) database, e.g. PostgreSQL.")
+
+
+class _TimedStats(IngestStats):
+    """Counters that note when the first batch arrived and when all `total` records were committed."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+        self.first_at: float | None = None
+        self.done_at: float | None = None
+        self.done = threading.Event()
+
+    def add(self, **deltas: int) -> None:
+        super().add(**deltas)
+        now = time.perf_counter()
+        if self.first_at is None and deltas.get("consumed"):
+            self.first_at = now
+        if deltas.get("batches"):
+            s = self.snapshot()
+            if s["stored"] + s["duplicates"] + s["dead_lettered"] + s["deadletter_failed"] >= self.total:
+                self.done_at = now
+                self.done.set()
+
+
+def _rate(total: int, seconds: float) -> dict[str, float]:
+    return {"seconds": round(seconds, 3), "events_per_s": round(total / seconds, 1) if seconds > 0 else 0.0}
+
+
+def _raw(settings: Settings, total: int) -> dict[str, float]:
+    consumer = KafkaConsumer(
+        settings.feedback_topic, settings.catalog_topic,
+        **client_kwargs(settings, client_id="ranktune-bench-raw"),
+        group_id=f"{settings.kafka_group}-raw", enable_auto_commit=False, auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        max_poll_records=settings.kafka_poll_max_records,
+    )
+    try:
+        seen, first, last = 0, None, 0.0
+        deadline = time.monotonic() + TIMEOUT_S
+        while seen < total and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=settings.kafka_poll_timeout_ms)
+            if batch:
+                last = time.perf_counter()
+                first = last if first is None else first
+                seen += sum(len(recs) for recs in batch.values())
+    finally:
+        consumer.close(autocommit=False)
+    if seen < total or first is None:
+        raise TimeoutError(f"raw consumer saw {seen} of {total} records in {TIMEOUT_S:.0f}s")
+    return _rate(total, last - first)
+
+
+def _ranktune(settings: Settings, total: int, label: str) -> dict[str, Any]:
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        ensure_schema(engine)
+        bound_sqlite_wait(engine, min(5.0, settings.kafka_max_poll_interval_ms / 4000))
+        stats = _TimedStats(total)
+        ingestor = Ingestor(settings.model_copy(update={"kafka_group": f"{settings.kafka_group}-{label}"}),
+                            engine, stats=stats, create_topics=False)
+        thread = threading.Thread(target=ingestor.run, name=f"bench-ingest-{label}", daemon=True)
+        quiet = logging.getLogger("daemon.consumer")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # one warning per malformed record would be timed too
+        try:
+            thread.start()
+            finished = stats.done.wait(TIMEOUT_S)
+        finally:
+            ingestor.stop()
+            thread.join(timeout=60)
+            quiet.setLevel(level)
+        if not finished or stats.first_at is None or stats.done_at is None:
+            raise TimeoutError(f"ranktune ({label}) stored {stats.snapshot()} of {total} records in {TIMEOUT_S:.0f}s")
+        snap = stats.snapshot()
+        return {**_rate(total, stats.done_at - stats.first_at), "dialect": engine.dialect.name,
+                **{k: snap[k] for k in ("stored", "duplicates", "dead_lettered", "batches")}}
+    finally:
+        engine.dispose()
+
+
+def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:8]
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ranktune-bench-")))
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            bootstrap = stack.enter_context(EmbeddedBroker(log_file=tmp / "tansu.log")).bootstrap
+        s = settings.model_copy(update={
+            "kafka_bootstrap": bootstrap,
+            "kafka_group": f"bench-{run_id}",
+            "feedback_topic": f"bench-{run_id}.feedback",
+            "catalog_topic": f"bench-{run_id}.catalog",
+            "deadletter_topic": f"bench-{run_id}.deadletter",
+            # a fresh group joins in ~3 s instead of ~23 s; the rates do not count the join anyway
+            "kafka_session_timeout_ms": min(settings.kafka_session_timeout_ms, 6000),
+            "kafka_heartbeat_interval_ms": min(settings.kafka_heartbeat_interval_ms, 1000),
+        })
+        ensure_topics(s, [s.feedback_topic, s.catalog_topic, s.deadletter_topic])
+        cfg = SimConfig(seed=args.seed, n_items=args.items, n_events=args.events, malformed_rate=args.malformed_rate)
+        records = list(generate(cfg))
+        t0 = time.perf_counter()
+        counts = produce_kafka(records, s)
+        produce_s = time.perf_counter() - t0
+        total = len(records)
+
+        raw = _raw(s, total)
+        sqlite = _ranktune(s.model_copy(update={"database_url": f"sqlite:///{tmp / 'bench.db'}"}), total, "sqlite")
+        ratio = sqlite["events_per_s"] / raw["events_per_s"] if raw["events_per_s"] else 0.0
+        result: dict[str, Any] = {
+            "events": total,
+            "records": {"feedback": counts["feedback"], "catalog": counts["catalog"], "malformed": counts["malformed"]},
+            "broker": "embedded tansu" if args.bootstrap is None else bootstrap,
+            "poll_max_records": s.kafka_poll_max_records,
+            "produce": _rate(total, produce_s),
+            "raw": raw,
+            "ranktune": sqlite,
+            "ratio": round(ratio, 3),
+            "target_ratio": TARGET_RATIO,
+            "meets_target": ratio >= TARGET_RATIO,
+        }
+        if args.database_url:
+            db = s.model_copy(update={"database_url": args.database_url})
+            result["ranktune_database_url"] = _ranktune(db, total, "db")
+        return result

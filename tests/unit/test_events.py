@@ -1,0 +1,169 @@
+"""The strict event schema: documented examples pass, each kind of bad input fails with its reason."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from daemon.events import CatalogIn, FeedbackIn, ParseConfig, Parsed, Rejection, parse_record
+from daemon.pseudonym import Pseudonymizer
+from daemon.settings import Settings
+
+CFG = ParseConfig(feedback_topic="fb", catalog_topic="cat", max_message_bytes=65536)
+KEY = Pseudonymizer("test-key")
+
+FEEDBACK: dict[str, Any] = {
+    "event_id": "e-1", "ts": "2026-11-01T13:00:00+01:00", "query": "red running shoe", "item_id": "sku-42",
+    "action": "click", "item_text": "Acme trail shoe, red", "position": 3, "request_id": "r-9",
+    "session_id": "s-77", "user_id": "u-7",
+}
+CATALOG: dict[str, Any] = {
+    "item_id": "sku-42", "title": "Trail shoe", "description": "A light shoe", "category": "shoes",
+    "brand": "Acme", "attributes": {"color": "red", "sizes": [41, 42], "new": True}, "ts": "2026-11-01T12:00:00Z",
+}
+
+
+def parse(value: bytes | dict[str, Any] | None, topic: str = "fb", pseudonymize: Pseudonymizer = KEY,
+          key: bytes | None = b"k") -> Parsed | Rejection:
+    raw = json.dumps(value).encode() if isinstance(value, dict) else value
+    return parse_record(topic, 2, 17, key, raw, config=CFG, pseudonymize=pseudonymize)
+
+
+def rejected(value: bytes | dict[str, Any] | None, topic: str = "fb") -> Rejection:
+    out = parse(value, topic)
+    assert isinstance(out, Rejection), out
+    assert out.value == (json.dumps(value).encode() if isinstance(value, dict) else value)  # original bytes kept
+    assert (out.topic, out.partition, out.offset, out.key) == (topic, 2, 17, b"k")
+    return out
+
+
+def test_documented_feedback_example_is_stored_with_pseudonyms():
+    out = parse(FEEDBACK)
+    assert isinstance(out, Parsed) and out.kind == "feedback" and out.where == "fb[2]@17"
+    row = out.row
+    assert row["ts"] == datetime(2026, 11, 1, 12, 0, tzinfo=UTC) and row["ts"].utcoffset().total_seconds() == 0
+    assert (row["query"], row["item_id"], row["action"], row["position"]) == ("red running shoe", "sku-42", "click", 3)
+    assert (row["topic"], row["partition"], row["offset"]) == ("fb", 2, 17)
+    assert row["user_hash"] == hmac.new(b"test-key", b"user_id\x00u-7", hashlib.sha256).hexdigest()
+    assert row["session_hash"] == hmac.new(b"test-key", b"session_id\x00s-77", hashlib.sha256).hexdigest()
+    assert "user_id" not in row and "session_id" not in row
+    assert "u-7" not in repr(row) and "s-77" not in repr(row)
+
+
+def test_minimal_feedback_and_every_action():
+    for action in ("impression", "click", "add_to_cart", "purchase"):
+        minimal = {k: FEEDBACK[k] for k in ("event_id", "ts", "query", "item_id")} | {"action": action}
+        out = parse(minimal)
+        assert isinstance(out, Parsed) and out.row["action"] == action
+        assert out.row["position"] is None and out.row["user_hash"] is None
+    assert isinstance(parse(FEEDBACK | {"item_text": None, "position": 0, "user_id": None}), Parsed)
+
+
+def test_documented_catalog_example():
+    out = parse(CATALOG, topic="cat")
+    assert isinstance(out, Parsed) and out.kind == "catalog"
+    assert out.row["attributes"] == {"color": "red", "sizes": [41, 42], "new": True}
+    assert out.row["ts"] == datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    minimal = parse({"item_id": "x", "title": "t", "ts": "2026-11-01T12:00:00Z"}, topic="cat")
+    assert isinstance(minimal, Parsed) and minimal.row["attributes"] == {}
+
+
+def test_models_are_exported_for_producers():
+    assert FeedbackIn.model_json_schema()["additionalProperties"] is False
+    assert set(CatalogIn.model_fields) == {"item_id", "title", "description", "category", "brand", "attributes", "ts"}
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{not json", "not_json"),
+        (b"", "not_json"),
+        (None, "not_json"),  # tombstone
+        (b'{"event_id": "\xff\xfe"}', "bad_utf8"),
+        (b"[1, 2]", "not_object"),
+        (b'"click"', "not_object"),
+        (b"null", "not_object"),
+        ({k: v for k, v in FEEDBACK.items() if k != "event_id"}, "schema:event_id"),
+        ({k: v for k, v in FEEDBACK.items() if k != "ts"}, "schema:ts"),
+        (FEEDBACK | {"event_id": 12345}, "schema:event_id"),
+        (FEEDBACK | {"event_id": ""}, "schema:event_id"),
+        (FEEDBACK | {"event_id": "e" * 129}, "schema:event_id"),
+        (FEEDBACK | {"position": "3"}, "schema:position"),
+        (FEEDBACK | {"position": 2.5}, "schema:position"),
+        (FEEDBACK | {"position": True}, "schema:position"),
+        (FEEDBACK | {"position": -1}, "schema:position"),
+        (FEEDBACK | {"position": 2**31}, "schema:position"),
+        (FEEDBACK | {"query": ""}, "schema:query"),
+        (FEEDBACK | {"query": "q" * 513}, "schema:query"),
+        (FEEDBACK | {"query": "bad\u0000query"}, "schema:query"),
+        (FEEDBACK | {"item_id": ["a"]}, "schema:item_id"),
+        (FEEDBACK | {"item_id": "i" * 129}, "schema:item_id"),
+        (FEEDBACK | {"ts": "2026-11-01T12:00:00"}, "schema:ts"),  # naive: no zone
+        (FEEDBACK | {"ts": 1795000000}, "schema:ts"),  # epoch numbers are not ISO-8601
+        (FEEDBACK | {"ts": "yesterday"}, "schema:ts"),
+        (FEEDBACK | {"action": "hover"}, "unknown_action"),
+        (FEEDBACK | {"action": "CLICK"}, "unknown_action"),
+        (FEEDBACK | {"action": 1}, "unknown_action"),
+        (FEEDBACK | {"user_id": 7}, "schema:user_id"),
+        (FEEDBACK | {"session": "s-1"}, "unknown_field"),  # strict: a misspelt field is not dropped silently
+    ],
+)
+def test_bad_feedback_is_rejected_with_a_specific_reason(value, reason):
+    rej = rejected(value)
+    assert rej.reason == reason
+    assert rej.message
+    assert "u-7" not in rej.message and "s-77" not in rej.message  # messages never quote values
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({k: v for k, v in CATALOG.items() if k != "title"}, "schema:title"),
+        (CATALOG | {"attributes": ["red"]}, "schema:attributes"),
+        (CATALOG | {"attributes": {"x": "\u0000"}}, "schema:attributes"),
+        (CATALOG | {"brand": "b" * 256}, "schema:brand"),
+        (CATALOG | {"ts": "2026-11-01 12:00"}, "schema:ts"),
+        (CATALOG | {"price": 3}, "unknown_field"),
+    ],
+)
+def test_bad_catalog_is_rejected(value, reason):
+    assert rejected(value, topic="cat").reason == reason
+
+
+def test_non_finite_attribute_numbers_are_rejected():
+    raw = json.dumps(CATALOG | {"attributes": {"weight": 1.5}}).encode().replace(b"1.5", b"NaN")
+    assert rejected(raw, topic="cat").reason == "schema:attributes"
+
+
+def test_size_limit_is_checked_before_parsing():
+    big = json.dumps(FEEDBACK | {"item_text": "x" * 70_000}).encode()
+    rej = rejected(big)
+    assert rej.reason == "too_large" and str(len(big)) in rej.message
+    limit = ParseConfig.from_settings(Settings(max_message_bytes=200_000))
+    assert isinstance(parse_record("ranktune.feedback", 0, 0, None, big, config=limit, pseudonymize=KEY), Parsed)
+
+
+def test_unknown_topic_is_rejected():
+    assert rejected(FEEDBACK, topic="other").reason == "unknown_topic"
+
+
+def test_without_a_key_personal_ids_are_dropped():
+    out = parse(FEEDBACK, pseudonymize=Pseudonymizer(None))
+    assert isinstance(out, Parsed)
+    assert out.row["user_hash"] is None and out.row["session_hash"] is None
+    assert "u-7" not in repr(out.row) and "s-77" not in repr(out.row)
+
+
+def test_pseudonyms_are_keyed_and_stable():
+    a, b = Pseudonymizer("k1"), Pseudonymizer("k2")
+    assert a("user_id", "u-7") == a("user_id", "u-7") != b("user_id", "u-7")
+    assert a("user_id", "same") != a("session_id", "same")  # field names separate the domains
+    assert len(a("user_id", "u-7") or "") == 64 and a("user_id", None) is None
+    assert "k1" not in repr(a)
+    assert Pseudonymizer(Settings(pseudonym_key="k1").pseudonym_key)("user_id", "u") == a("user_id", "u")
+    assert not Pseudonymizer("").enabled
