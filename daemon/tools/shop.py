@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from adapters.product_text import product_text
 from daemon.tools.shop_vocab import (
     BRANDS,
     CATEGORIES,
@@ -94,22 +95,6 @@ class Intent:
     def constraints(self) -> dict[str, str]:
         """The attribute constraints as a dict."""
         return dict(self.attrs)
-
-
-def product_text(payload: Mapping[str, Any]) -> str:
-    """The product text a model sees, built from a catalog-upsert payload.
-
-    Title, then `brand:`, `category:` and every attribute as `key: value` (sorted by key), joined
-    by " | ". Missing optional fields are left out. Every part of ranktune uses this one function.
-    """
-    parts = [str(payload.get("title") or "").strip()]
-    for key in ("brand", "category"):
-        if payload.get(key):
-            parts.append(f"{key}: {payload[key]}")
-    attributes = payload.get("attributes") or {}
-    if isinstance(attributes, Mapping):
-        parts.extend(f"{k}: {attributes[k]}" for k in sorted(attributes) if attributes[k] not in (None, ""))
-    return " | ".join(p for p in parts if p)
 
 
 def relevance(intent: Intent, item: Item, phase: Phase) -> int:

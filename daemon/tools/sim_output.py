@@ -15,23 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.errors import BrokerUnavailable
+from daemon.kafka_client import client_kwargs
 from daemon.settings import Settings
 
 if TYPE_CHECKING:
     from daemon.tools.simulate import SimConfig, SimRecord
-
-
-def producer_kwargs(settings: Settings) -> dict[str, Any]:
-    """Security keyword arguments for kafka-python clients, from the settings (secrets unwrapped)."""
-    kwargs: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_security_protocol.startswith("SASL"):
-        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
-        if settings.kafka_sasl_password is not None:
-            kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    if settings.kafka_ssl_cafile is not None:
-        kwargs["ssl_cafile"] = str(settings.kafka_ssl_cafile)
-    return kwargs
 
 
 def paced(records: Iterable[SimRecord], events_per_s: float | None) -> Iterator[SimRecord]:
@@ -111,15 +99,11 @@ def produce_kafka(
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
-    servers = (bootstrap or settings.kafka_bootstrap).split(",")
+    if bootstrap:
+        settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+    servers = settings.kafka_bootstrap.split(",")
     try:
-        producer = KafkaProducer(
-            bootstrap_servers=servers,
-            client_id="ranktune-simulate",
-            acks="all",
-            linger_ms=10,
-            **producer_kwargs(settings),
-        )
+        producer = KafkaProducer(acks="all", linger_ms=10, **client_kwargs(settings, client_id="ranktune-simulate"))
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot reach Kafka at {','.join(servers)}: {exc}") from exc
     counts: Counter[str] = Counter()

@@ -22,7 +22,6 @@ import numpy as np
 from daemon.tools.shop import PHASES, Intent, Item, Phase, Shop, product_text, relevance, render_query
 from daemon.tools.shop_vocab import CATEGORIES, COLOUR_SYNONYMS, FEATURE_SYNONYMS, MATERIAL_SYNONYMS
 from daemon.tools.sim_malformed import malformed_value
-from daemon.tools.sim_output import producer_kwargs
 
 __all__ = [
     "ACTIONS",
@@ -32,7 +31,6 @@ __all__ = [
     "eval_judgements",
     "examine_probability",
     "generate",
-    "producer_kwargs",
 ]
 
 ACTIONS: tuple[str, ...] = ("impression", "click", "add_to_cart", "purchase")

@@ -17,7 +17,7 @@ import daemon.cli
 from daemon.settings import Settings
 from daemon.tools.shop import POST_VOCABULARY, Intent, Item, Shop, product_text, relevance, render_query
 from daemon.tools.sim_malformed import MALFORMED_KINDS
-from daemon.tools.sim_output import paced, producer_kwargs, read_jsonl
+from daemon.tools.sim_output import paced, read_jsonl
 from daemon.tools.simulate import ACTIONS, SimConfig, SimRecord, eval_judgements, generate
 
 MAX_BYTES = 65536
@@ -282,23 +282,8 @@ def test_cli_writes_jsonl_that_round_trips(tmp_path: Path, monkeypatch: pytest.M
         daemon.cli.main(["simulate", "--drift-at", "2", "--out", str(out)])
 
 
-def test_pacing_and_producer_kwargs() -> None:
+def test_pacing() -> None:
     records = [r for r, _ in zip(generate(SimConfig(n_items=20, n_events=50)), range(40), strict=False)]
     t0 = time.monotonic()
     assert len(list(paced(records, 400.0))) == 40  # 20 catalog unpaced + 20 feedback at 400/s
     assert time.monotonic() - t0 > 0.04  # 20 paced records at 400/s cannot take less
-    assert producer_kwargs(Settings()) == {"security_protocol": "PLAINTEXT"}
-    sasl = Settings(
-        kafka_security_protocol="SASL_SSL",
-        kafka_sasl_mechanism="SCRAM-SHA-512",
-        kafka_sasl_username="u",
-        kafka_sasl_password="p",
-        kafka_ssl_cafile=Path("/ca.pem"),
-    )
-    assert producer_kwargs(sasl) == {
-        "security_protocol": "SASL_SSL",
-        "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": "u",
-        "sasl_plain_password": "p",
-        "ssl_cafile": "/ca.pem",
-    }
