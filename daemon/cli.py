@@ -18,7 +18,14 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 COMMAND_MODULES: tuple[str, ...] = (
     "daemon.commands.db",
     "daemon.commands.bench",
+    "daemon.commands.ingest",
     "daemon.commands.simulate",
+    "daemon.commands.serve",
+    "daemon.commands.adapters",
+    "daemon.commands.status",
+    "daemon.commands.train",
+    "daemon.commands.run",
+    "daemon.commands.demo",
 )
 
 

@@ -51,7 +51,7 @@ def test_feedback_insert_is_idempotent(engine):
     with session_scope(engine) as s:
         first = events_repo.insert_feedback(session=s, rows=rows[:15])
     with session_scope(engine) as s:
-        second = events_repo.insert_feedback(session=s, rows=rows + [rows[3]])
+        second = events_repo.insert_feedback(session=s, rows=[*rows, rows[3]])
     assert (first.stored, first.duplicates) == (15, 0)
     assert (second.stored, second.duplicates) == (5, 16)
     with session_scope(engine) as s:

@@ -1,0 +1,111 @@
+"""`POST /v1/score`: rank items for a query with the served adapter version."""
+
+# No `from __future__ import annotations`: FastAPI must resolve the request models defined inside
+# `build_router` from real annotations, not from strings it cannot look up.
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from adapters.product_text import product_text
+from daemon.api.deps import ApiContext, get_ctx
+from daemon.api.errors import UnknownItems
+from daemon.scorer import ScoreTimeout
+from daemon.settings import Settings
+from storage import events_repo
+from storage.db import session_scope
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+    rank: int = Field(description="1 = best")
+
+
+class Timing(BaseModel):
+    total_ms: float = Field(description="Arrival to answer, inside the server.")
+    queue_ms: float = Field(description="Waiting for the scorer's round to start.")
+    model_ms: float = Field(description="The round's model time (shared with its batch-mates).")
+    round_pairs: int = Field(description="Pairs in the round this request was scored in.")
+
+
+class ScoreResponse(BaseModel):
+    adapter_version: str = Field(description="The adapter version that produced every score (`base`: none).")
+    items: list[ScoredItem] = Field(description="Best first.")
+    timing: Timing
+
+
+def catalog_texts(engine: Engine, item_ids: Sequence[str]) -> dict[str, str]:
+    """Catalog texts of `item_ids`, built by the same `product_text` as training texts."""
+    with session_scope(engine) as s:
+        items = events_repo.catalog_items(session=s, item_ids=list(item_ids))
+        return {item_id: product_text(item.model_dump()) for item_id, item in items.items()}
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The score route, with the request limits of `settings` in its schema (and so in the OpenAPI)."""
+    max_text = settings.api_max_text_chars
+    Text = Annotated[str, StringConstraints(max_length=max_text)]
+
+    class ScoreItemIn(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        item_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+        text: Text | None = Field(None, description="Item text; optional when the catalog knows the item.")
+
+    class ScoreRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        query: Text
+        items: list[ScoreItemIn] = Field(min_length=1, max_length=settings.api_max_items)
+
+        @field_validator("query")
+        @classmethod
+        def _query_not_blank(cls, v: str) -> str:
+            if not v.strip():
+                raise ValueError("query must not be empty")
+            return v
+
+        @field_validator("items")
+        @classmethod
+        def _unique_ids(cls, v: list[ScoreItemIn]) -> list[ScoreItemIn]:
+            seen: set[str] = set()
+            dup: set[str] = set()
+            for item in v:
+                (dup if item.item_id in seen else seen).add(item.item_id)
+            if dup:
+                raise ValueError(f"duplicate item_id {sorted(dup)[:5]}")
+            return v
+
+    router = APIRouter(tags=["scoring"])
+
+    @router.post("/v1/score", response_model=ScoreResponse, summary="Score and sort items for a query")
+    async def score(body: ScoreRequest, ctx: ApiContext = Depends(get_ctx)) -> ScoreResponse:
+        t0 = time.perf_counter()
+        texts = {i.item_id: i.text for i in body.items if i.text is not None}
+        missing = [i.item_id for i in body.items if i.text is None]
+        if missing:
+            known = await run_in_threadpool(catalog_texts, ctx.engine, missing)
+            unknown = [m for m in missing if m not in known]
+            if unknown:
+                raise UnknownItems(f"{len(unknown)} item(s) have no text and are not in the catalog: {unknown[:5]}")
+            texts.update(known)
+        ids = [i.item_id for i in body.items]
+        future = ctx.scorer.submit([(body.query, texts[i]) for i in ids])
+        timeout = ctx.settings.scorer_request_timeout_s
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            future.cancel()
+            raise ScoreTimeout(f"no scores within {timeout:.0f}s (scorer overloaded?)") from None
+        order = sorted(range(len(ids)), key=lambda k: -float(result.scores[k]))
+        items = [ScoredItem(item_id=ids[k], score=float(result.scores[k]), rank=r + 1) for r, k in enumerate(order)]
+        timing = Timing(total_ms=(time.perf_counter() - t0) * 1e3, queue_ms=result.queue_s * 1e3,
+                        model_ms=result.model_s * 1e3, round_pairs=result.round_pairs)
+        return ScoreResponse(adapter_version=result.version, items=items, timing=timing)
+
+    return router

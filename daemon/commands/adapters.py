@@ -1,0 +1,118 @@
+"""`ranktune adapters list|show|promote|rollback`: the registry, directly in the database.
+
+promote/rollback verify the target's artifact, move the aliases with an audit row, and publish a control
+notice so running scorers swap (if the broker is unreachable they pick it up at their next reconcile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from typing import Any
+
+from daemon.settings import Settings
+from storage import registry
+from storage.db import ensure_schema, make_engine, session_scope
+from storage.models import AdapterVersion
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("adapters", help="List, inspect, promote or roll back adapter versions.")
+    asub = p.add_subparsers(dest="adapters_action", required=True, metavar="ACTION")
+    ls = asub.add_parser("list", help="All versions with status and holdout metrics.")
+    ls.add_argument("--json", action="store_true", help="Machine-readable output.")
+    show = asub.add_parser("show", help="One version: metadata, gate record, audit history.")
+    show.add_argument("version")
+    show.add_argument("--json", action="store_true", help="Machine-readable output.")
+    for name, helptext in (("promote", "Make VERSION (or `base`) the champion."),
+                           ("rollback", "Go back to the previous champion.")):
+        a = asub.add_parser(name, help=helptext)
+        if name == "promote":
+            a.add_argument("version")
+        a.add_argument("--actor", default=_user(), help="Who acts, for the audit log (default: $USER).")
+        a.add_argument("--reason", default=None, help="Why, for the audit log.")
+        a.add_argument("--no-publish", action="store_true", help="Do not send the control notice.")
+        a.add_argument("--json", action="store_true", help="Machine-readable output.")
+    p.set_defaults(handler=run)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "cli"
+
+
+def version_dict(row: AdapterVersion) -> dict[str, Any]:
+    return {"version": row.version, "status": row.status, "parent_version": row.parent_version,
+            "created_at": row.created_at.isoformat() if row.created_at else None, "quantization": row.quantization,
+            "base_model": row.base_model, "checksum": row.checksum, "training_run_id": row.training_run_id,
+            "metrics": row.metrics, "gate": row.gate}
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    for key in ("ndcg@10", "ndcg_at_10", "holdout_ndcg", "ndcg"):
+        if isinstance(metrics.get(key), int | float):
+            return f"{metrics[key]:.4f}"
+    return "-"
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from daemon.control import ControlPublisher, check_version
+    from daemon.operator import promote, rollback
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        ensure_schema(engine)
+        action = args.adapters_action
+        if action in ("promote", "rollback"):
+            publisher = None if args.no_publish else ControlPublisher(settings)
+            try:
+                common: dict[str, Any] = {"engine": engine, "actor": args.actor, "reason": args.reason,
+                                          "artifacts_dir": settings.artifacts_dir,
+                                          "publish": publisher.publish if publisher else None}
+                result = (promote(version=check_version(args.version), **common) if action == "promote"
+                          else rollback(**common))
+            finally:
+                if publisher is not None:
+                    publisher.close()
+            if args.json:
+                print(json.dumps(result.as_dict()))
+            else:
+                note = "scorers notified" if result.published else (
+                    f"NOT published ({result.publish_error}); scorers follow at their next reconcile"
+                    if result.publish_error else "not published")
+                print(f"{result.action}: {result.from_version} -> {result.to_version} (audit #{result.audit_id}); "
+                      f"{note}")
+            return 0
+        with session_scope(engine) as s:
+            champion = registry.champion(session=s)
+            previous = registry.get_alias(session=s, name=registry.PREVIOUS)
+            if action == "list":
+                rows = [version_dict(r) for r in registry.list_versions(session=s)]
+                if args.json:
+                    print(json.dumps({"champion": champion, "previous": previous, "versions": rows}, default=str))
+                    return 0
+                print(f"champion: {champion}   previous: {previous or '-'}")
+                print(f"{'version':<10} {'status':<10} {'parent':<10} {'ndcg@10':>8}  created")
+                for r in rows:
+                    print(f"{r['version']:<10} {r['status']:<10} {r['parent_version'] or '-':<10} "
+                          f"{_headline(r['metrics']):>8}  {r['created_at']}")
+                return 0
+            version = check_version(args.version)
+            info: dict[str, Any] = ({"version": version, "status": "champion" if champion == version else "base"}
+                    if version == registry.BASE else version_dict(registry.get_version(session=s, version=version)))
+            info["history"] = [
+                {"ts": a.ts.isoformat(), "actor": a.actor, "action": a.action, "from": a.from_version,
+                 "to": a.to_version, "reason": a.reason}
+                for a in registry.audit_log(session=s, limit=500) if version in (a.from_version, a.to_version)
+            ]
+        if args.json:
+            print(json.dumps(info, default=str))
+        else:
+            json.dump(info, sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+        return 0
+    finally:
+        engine.dispose()

@@ -1,0 +1,38 @@
+"""`ranktune demo`: broker, daemon and simulated shop with a drift point, watched live."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from daemon.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from daemon.tools.demo import DemoConfig
+
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="Run the whole loop on simulated traffic with a drift point; plot and report.")
+    p.add_argument("--duration", type=float, default=d.duration_s, help="Seconds to run (default %(default)s).")
+    p.add_argument("--out", type=Path, default=d.out, help="Output folder (default %(default)s).")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--events", type=int, default=d.n_events, help="Feedback events to produce.")
+    p.add_argument("--rate", type=float, default=d.events_per_s, help="Events per second.")
+    p.add_argument("--drift-at", type=float, default=d.drift_at, help="Share of the traffic before the drift.")
+    p.add_argument("--no-live", action="store_true", help="No live panel (logs only), e.g. in CI.")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from daemon.tools.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=args.out, duration_s=args.duration, seed=args.seed, n_events=args.events,
+                     events_per_s=args.rate, drift_at=args.drift_at)
+    stop = threading.Event()
+    try:
+        run_demo(cfg, settings, stop=stop, live=not args.no_live)
+    except KeyboardInterrupt:
+        stop.set()
+        return 130
+    return 0
