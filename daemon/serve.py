@@ -44,6 +44,7 @@ class ServeRole:
         ranker: Ranker | None = None,
         metrics: Metrics | None = None,
         ingest_stats: Callable[[], Mapping[str, Any]] | None = None,
+        schedule: Callable[[], Mapping[str, Any]] | None = None,
         control: bool = True,
     ) -> None:
         """`engine`/`ranker` may be given (tests, `ranktune run`); otherwise `start()` makes them.
@@ -56,6 +57,7 @@ class ServeRole:
         self._engine = engine
         self._ranker = ranker
         self._ingest_stats = ingest_stats
+        self._schedule = schedule
         self._control = control
         self._stack = ExitStack()
         self._stop_requested = threading.Event()
@@ -100,7 +102,7 @@ class ServeRole:
                 self._stack.callback(self.listener.stop)
             app = create_app(settings=s, engine=engine, scorer=scorer, metrics=self.metrics, reconciler=reconciler,
                              publish=self.publisher.publish if self.publisher else None,
-                             ingest_stats=self._ingest_stats,
+                             ingest_stats=self._ingest_stats, schedule=self._schedule,
                              control_state=self.listener.state if self.listener else None)
             self._serve_http(app, timeout_s)
         except BaseException:

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from daemon.api.deps import ApiContext, BodySizeLimit, RequestMetrics
 from daemon.api.errors import install_error_handlers
-from daemon.api.routes import adapters, health, score
+from daemon.api.routes import adapters, health, score, status
 from daemon.control import Reconciler
 from daemon.metrics import Metrics
 from daemon.operator import Publish
@@ -28,6 +28,7 @@ def create_app(
     publish: Publish | None = None,
     ingest_stats: Callable[[], Mapping[str, Any]] | None = None,
     control_state: Callable[[], str] | None = None,
+    schedule: Callable[[], Mapping[str, Any]] | None = None,
 ) -> FastAPI:
     """The ranktune HTTP API (OpenAPI at `/openapi.json`, docs at `/docs`).
 
@@ -39,12 +40,13 @@ def create_app(
                   description="Live ranking scores from the champion adapter, and operator actions.")
     app.state.ctx = ApiContext(settings=settings, engine=engine, scorer=scorer, metrics=metrics,
                                reconciler=reconciler, publish=publish, ingest_stats=ingest_stats,
-                               control_state=control_state)
+                               control_state=control_state, schedule=schedule)
     if ingest_stats is not None:
         metrics.add_ingest_source(ingest_stats)
     install_error_handlers(app)
     app.include_router(score.build_router(settings))
     app.include_router(adapters.router)
+    app.include_router(status.router)
     app.include_router(health.router)
     # Starlette runs the last-added middleware first: metrics see the 413s of the size limit too.
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)

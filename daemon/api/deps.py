@@ -41,6 +41,7 @@ class ApiContext:
     publish: Publish | None = None  # control notices; None: replicas learn by reconciling
     ingest_stats: Callable[[], Mapping[str, Any]] | None = None
     control_state: Callable[[], str] | None = None  # the control listener's state, shown by /readyz
+    schedule: Callable[[], Mapping[str, Any]] | None = None  # next runs, training in progress (scheduler role)
 
 
 def get_ctx(request: Request) -> ApiContext:

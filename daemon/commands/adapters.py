@@ -13,9 +13,9 @@ import sys
 from typing import Any
 
 from daemon.settings import Settings
+from daemon.status import holdout_ndcg, version_dict
 from storage import registry
 from storage.db import ensure_schema, make_engine, session_scope
-from storage.models import AdapterVersion
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,18 +45,8 @@ def _user() -> str:
         return "cli"
 
 
-def version_dict(row: AdapterVersion) -> dict[str, Any]:
-    return {"version": row.version, "status": row.status, "parent_version": row.parent_version,
-            "created_at": row.created_at.isoformat() if row.created_at else None, "quantization": row.quantization,
-            "base_model": row.base_model, "checksum": row.checksum, "training_run_id": row.training_run_id,
-            "metrics": row.metrics, "gate": row.gate}
-
-
-def _headline(metrics: dict[str, Any]) -> str:
-    for key in ("ndcg@10", "ndcg_at_10", "holdout_ndcg", "ndcg"):
-        if isinstance(metrics.get(key), int | float):
-            return f"{metrics[key]:.4f}"
-    return "-"
+def _f4(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -98,7 +88,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{'version':<10} {'status':<10} {'parent':<10} {'ndcg@10':>8}  created")
                 for r in rows:
                     print(f"{r['version']:<10} {r['status']:<10} {r['parent_version'] or '-':<10} "
-                          f"{_headline(r['metrics']):>8}  {r['created_at']}")
+                          f"{_f4(holdout_ndcg(r['metrics'])):>8}  {r['created_at']}")
                 return 0
             version = check_version(args.version)
             info: dict[str, Any] = ({"version": version, "status": "champion" if champion == version else "base"}

@@ -6,13 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from sqlalchemy import func, select
-
-from daemon.commands.adapters import version_dict
 from daemon.settings import Settings
-from storage import events_repo, registry
-from storage.db import ensure_schema, make_engine, session_scope
-from storage.models import CatalogItem, DriftReport, TrainingRun
+from daemon.status import status_document
+from storage.db import ensure_schema, make_engine
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,40 +18,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=run)
 
 
-def _run_dict(r: TrainingRun) -> dict[str, Any]:
-    return {"id": r.id, "trigger": r.trigger, "status": r.status, "started_at": r.started_at,
-            "finished_at": r.finished_at, "candidate_version": r.candidate_version, "seconds": r.seconds,
-            "n_train": r.n_train, "metrics": r.metrics, "gate_passed": (r.gate or {}).get("passed"),
-            "reason": r.reason, "error": r.error}
-
-
-def _drift_dict(d: DriftReport) -> dict[str, Any]:
-    return {"created_at": d.created_at, "champion_version": d.champion_version, "fired": d.fired,
-            "reasons": d.reasons, "score_psi": d.score_psi, "term_js": d.term_js,
-            "unseen_item_share": d.unseen_item_share, "recent_ndcg": d.recent_ndcg}
-
-
 def collect(settings: Settings, runs: int = 5) -> dict[str, Any]:
-    """Everything `status` shows, as plain data."""
+    """Everything `status` shows, as plain data (no scheduler in this process: schedule unknown)."""
     engine = make_engine(settings.sqlalchemy_url)
     try:
         ensure_schema(engine)
-        with session_scope(engine) as s:
-            drift = registry.recent_drift(session=s, limit=1)
-            return {
-                "champion": registry.champion(session=s),
-                "previous": registry.get_alias(session=s, name=registry.PREVIOUS),
-                "candidates": [version_dict(v) for v in registry.list_versions(session=s, status="candidate")],
-                "training_runs": [_run_dict(r) for r in registry.recent_runs(session=s, limit=runs)],
-                "drift": _drift_dict(drift[0]) if drift else None,
-                "ingestion": {
-                    "feedback_events": events_repo.count_feedback(session=s),
-                    "labelled_events": events_repo.count_feedback(session=s, labelled_only=True),
-                    # a plain count; events_repo has no catalog counter
-                    "catalog_items": int(s.execute(select(func.count()).select_from(CatalogItem)).scalar_one()),
-                    "latest_ingested_at": events_repo.latest_ingested_at(session=s),
-                },
-            }
+        return status_document(engine, runs=runs)
     finally:
         engine.dispose()
 

@@ -234,3 +234,15 @@ def test_not_ready_is_503(client: TestClient) -> None:
     r = client.post("/v1/score", json={"query": "shoes", "items": ITEMS})
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready" and r.headers["Retry-After"] == "1"
     assert client.get("/healthz").status_code == 200
+
+
+def test_status_needs_the_token_and_reports_the_registry(client: TestClient, sqlite_engine: Engine,
+                                                         make_versions: Callable[..., list[str]]) -> None:
+    assert client.get("/v1/status").status_code == 401
+    v1, v2 = make_versions(sqlite_engine, 2)
+    assert client.post(f"/v1/adapters/{v1}/promote", headers=AUTH, json={"reason": "t"}).status_code == 200
+    doc = client.get("/v1/status", headers=AUTH).json()
+    assert doc["champion"] == v1 and doc["previous"] == "base"
+    assert doc["served_version"] == v1
+    assert [c["version"] for c in doc["candidates"]] == [v2]
+    assert doc["schedule"] == {"known": False}  # this app runs no scheduler
