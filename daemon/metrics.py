@@ -55,8 +55,14 @@ class Metrics:
         )
         self.active_adapter = Info("ranktune_active_adapter", "The adapter version this scorer serves.", registry=r)
         self.ready = Gauge("ranktune_ready", "1 when the model is loaded and serving.", registry=r)
+        self.training_runs = Counter(
+            "ranktune_training_runs", "Training runs finished in this process, by status "
+            "(succeeded, failed, cancelled, skipped).", ["status"], registry=r,
+        )
         for outcome in ("ok", "refused"):
             self.swaps.labels(outcome=outcome)
+        for status in ("succeeded", "failed", "cancelled", "skipped"):
+            self.training_runs.labels(status=status)
         self.requests.labels(status="ok")
 
     def set_active(self, version: str) -> None:
@@ -65,6 +71,10 @@ class Metrics:
     def add_ingest_source(self, source: IngestSource) -> None:
         """Export ingestion counters from `source` (read at every scrape) as `ranktune_ingest_*`."""
         self.registry.register(_IngestCollector(source))
+
+    def add_gauge_source(self, name: str, documentation: str, source: Callable[[], float | None]) -> None:
+        """Export `source()` (read at every scrape; None = no sample) as gauge `name`."""
+        self.registry.register(_GaugeCollector(name, documentation, source))
 
     def render(self) -> bytes:
         """The exposition text for `GET /metrics`."""
@@ -98,3 +108,21 @@ class _IngestCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
+
+
+class _GaugeCollector(Collector):
+    def __init__(self, name: str, documentation: str, source: Callable[[], float | None]) -> None:
+        self._name, self._doc, self._source = name, documentation, source
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily(self._name, self._doc)
+        try:
+            value = self._source()
+        except Exception:  # a scrape must not fail because the database blinked
+            value = None
+        if value is not None:
+            g.add_metric([], float(value))
+        yield g
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self._name, self._doc)

@@ -28,7 +28,8 @@ from daemon.metrics import Metrics
 from daemon.model_specs import lora_spec, model_spec
 from daemon.scorer import Scorer
 from daemon.settings import Settings
-from storage.db import ensure_schema, make_engine
+from storage import registry
+from storage.db import ensure_schema, make_engine, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,10 @@ class ServeRole:
                 self.listener = ControlListener(s, self._on_control)
                 self.listener.start()
                 self._stack.callback(self.listener.stop)
+            self.metrics.add_gauge_source(
+                "ranktune_last_promotion_timestamp_seconds",
+                "Unix time the champion last changed (promotion or rollback), from the registry.",
+                lambda: _last_change(engine))
             app = create_app(settings=s, engine=engine, scorer=scorer, metrics=self.metrics, reconciler=reconciler,
                              publish=self.publisher.publish if self.publisher else None,
                              ingest_stats=self._ingest_stats, schedule=self._schedule,
@@ -173,3 +178,9 @@ class ServeRole:
         finally:
             self.stop()
             restore()
+
+
+def _last_change(engine: Engine) -> float | None:
+    with session_scope(engine) as session:
+        ts = registry.last_champion_change(session=session)
+    return ts.timestamp() if ts is not None else None

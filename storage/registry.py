@@ -142,6 +142,12 @@ def audit(*, session: Session, actor: str, action: str, from_version: str | None
     return row
 
 
+def last_champion_change(*, session: Session) -> datetime | None:
+    """When the champion alias last moved (promotion or rollback)."""
+    q = select(func.max(col(AuditLog.ts))).where(col(AuditLog.action).in_(["promote", "auto_promote", "rollback"]))
+    return session.execute(q).scalar_one()
+
+
 def audit_log(*, session: Session, limit: int = 50) -> list[AuditLog]:
     q = select(AuditLog).order_by(col(AuditLog.id).desc()).limit(limit)
     return list(session.execute(q).scalars().all())
