@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -25,7 +25,8 @@ def terms(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
-def psi(reference: Sequence[float], recent: Sequence[float], bins: int = 10, eps: float = 1e-4) -> float:
+def psi(reference: Sequence[float] | np.ndarray, recent: Sequence[float] | np.ndarray, bins: int = 10,
+        eps: float = 1e-4) -> float:
     """Population stability index of `recent` against `reference`, on reference-quantile bins."""
     ref = np.asarray(reference, dtype=float)
     rec = np.asarray(recent, dtype=float)
@@ -91,3 +92,65 @@ def split_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def finite_or_none(x: float) -> float | None:
     return None if x is None or math.isnan(x) or math.isinf(x) else float(x)
+
+
+def null_floor(stat: Callable[[np.ndarray, np.ndarray], float], units: Sequence[str], n_recent: int,
+               n_recent_units: int, *, splits: int = 20, z: float = 2.0, seed: int = 0) -> float:
+    """What `stat(reference, recent)` reaches without drift: mean + z * sd over null comparisons.
+
+    Each null comparison splits the reference's rows by *unit* (a result page) into a slice the size
+    of the recent window (at most half the pages) and the rest, and rescales `stat(rest, slice)` (row
+    indices) from the two parts' sizes to the real windows' by (1/n1 + 1/n2), the way the sampling
+    noise of PSI and of a plug-in JS divergence shrinks. Splitting by page matters: a page's rows share
+    one query and similar scores, so the independent units are pages, and a small recent window of a
+    few pages is far noisier than its row count suggests; the sd term covers that.
+    """
+    names = sorted(set(units))
+    k = min(n_recent_units, len(names) // 2)
+    if k == 0 or n_recent == 0:
+        return float("inf")
+    pos = {u: i for i, u in enumerate(names)}
+    unit_index = np.array([pos[u] for u in units])
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(splits):
+        in_slice = np.zeros(len(names), dtype=bool)
+        in_slice[rng.choice(len(names), k, replace=False)] = True
+        mask = in_slice[unit_index]
+        a, b = np.flatnonzero(~mask), np.flatnonzero(mask)
+        scale = (1.0 / len(units) + 1.0 / n_recent) / (1.0 / a.size + 1.0 / b.size)
+        values.append(stat(a, b) * scale)
+    return float(np.mean(values) + z * np.std(values))
+
+
+def loo_unseen_shares(queries: Sequence[str], items: Sequence[str], units: Sequence[str]) -> tuple[float, float]:
+    """Leave-one-page-out `unseen_shares` of a window against itself: the share of rows whose item,
+    or whose query terms, no *other* page of the window has.
+
+    This estimates (Good-Turing style) the unseen shares a new window from the same distribution
+    would show against this whole window. Half-against-half would measure them against a reference
+    of half the size, which sees fewer items and terms, and overstate them (0.39 vs 0.24 for terms
+    on simulated traffic of 2000 events).
+    """
+    n = len(queries)
+    if n == 0:
+        return float("nan"), float("nan")
+    item_pages: dict[str, set[str]] = {}
+    term_pages: dict[str, set[str]] = {}
+    for q, item, unit in zip(queries, items, units, strict=True):
+        item_pages.setdefault(item, set()).add(unit)
+        for t in terms(q):
+            term_pages.setdefault(t, set()).add(unit)
+    # seen elsewhere = some page other than this row's own has it
+    unseen_item = sum(1 for item, u in zip(items, units, strict=True) if item_pages[item] == {u}) / n
+    unseen_term = sum(
+        1 for q, u in zip(queries, units, strict=True) if any(term_pages[t] == {u} for t in terms(q))
+    ) / n
+    return unseen_item, unseen_term
+
+
+def share_floor(share: float, n_units: int, z: float = 2.0) -> float:
+    """`share` plus z binomial standard errors over `n_units` pages (a page's rows share one query)."""
+    if n_units == 0 or math.isnan(share):
+        return float("inf")
+    return share + z * math.sqrt(share * (1.0 - share) / n_units)

@@ -125,13 +125,13 @@ class Settings(BaseSettings):
     drift_interval_s: float = Field(300.0, gt=0, description="Interval of the drift job.")
     drift_cooldown_s: float = Field(1800.0, ge=0, description="Least time between two drift-triggered retrains.")
     drift_window_events: int = Field(2000, ge=50, description="Events in the recent window of a drift report.")
-    drift_min_events: int = Field(200, ge=20, description="Fewest recent events before drift is judged.")
+    drift_min_events: int = Field(500, ge=20, description="Fewest recent events before drift is judged.")
     drift_psi_threshold: float = Field(0.2, gt=0, description="Score PSI above which prediction drift fires.")
     drift_term_js_threshold: float = Field(
-        0.2, gt=0, description="Query-term Jensen-Shannon divergence (bits) above which input drift fires."
+        0.1, gt=0, description="Query-term Jensen-Shannon divergence (bits) above which input drift fires."
     )
     drift_unseen_threshold: float = Field(
-        0.25, gt=0, le=1, description="Share of events with unseen items/terms above which input drift fires."
+        0.15, gt=0, le=1, description="Share of events with unseen items/terms above which input drift fires."
     )
     drift_ndcg_drop: float = Field(0.05, gt=0, description="Drop of the champion's NDCG@10 that fires.")
 

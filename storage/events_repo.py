@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect
 from sqlmodel import Session, col
 
 from storage.models import CatalogItem, FeedbackEvent
@@ -26,19 +29,92 @@ def _insert(session: Session, table: Any) -> Any:
 
 
 def insert_feedback(*, session: Session, rows: Sequence[dict[str, Any]]) -> WriteResult:
-    """Insert feedback rows; rows whose `event_id` is already stored are skipped (idempotent)."""
+    """Insert feedback rows; rows whose `event_id` is already stored are skipped (idempotent).
+
+    Every row carries every column of `feedback_events` (as `daemon.events.parse_record` builds them).
+    """
     unique = list({r["event_id"]: r for r in rows}.values())
     if not unique:
         return WriteResult(0, len(rows))
-    # One statement, the rows as its parameters: SQLAlchemy batches them ("insertmanyvalues") without
-    # compiling a new statement per batch, which `.values(rows)` would (about 20x slower per row).
-    stmt = (
-        _insert(session, FeedbackEvent)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(col(FeedbackEvent.event_id))
-    )
-    stored = len(session.connection().execute(stmt, unique).all())
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        stored = _sqlite_insert_feedback(conn, unique)
+    else:
+        # One statement, the rows as its parameters: SQLAlchemy batches them ("insertmanyvalues") without
+        # compiling a new statement per batch, which `.values(rows)` would (about 20x slower per row).
+        # RETURNING counts the rows actually inserted (duplicates return nothing).
+        stmt = (
+            postgresql.insert(FeedbackEvent)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(col(FeedbackEvent.event_id))
+        )
+        stored = len(conn.execute(stmt, unique).all())
     return WriteResult(stored, len(rows) - stored)
+
+
+@dataclass(frozen=True)
+class _DriverInsert:
+    """An `INSERT ... ON CONFLICT DO NOTHING` as driver SQL, with what turns row dicts into its parameters."""
+
+    sql: str
+    columns: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's values in statement order
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, the column type's bind processor)
+
+    def params(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """One parameter tuple per row, values passed through their bind processors (what SQLAlchemy would
+        send). A value that is the very object of the row before (a batch's shared `ingested_at`) is
+        processed once."""
+        columns, processors = self.columns, self.processors
+        if not processors:
+            return [columns(r) for r in rows]
+        last_in: list[Any] = [_NOTHING] * len(processors)
+        last_out: list[Any] = [None] * len(processors)
+        out = []
+        for r in rows:
+            values = list(columns(r))
+            for j, (i, process) in enumerate(processors):
+                v = values[i]
+                if v is not last_in[j]:
+                    last_in[j], last_out[j] = v, process(v)
+                values[i] = last_out[j]
+            out.append(tuple(values))
+        return out
+
+
+_NOTHING = object()
+_DRIVER_INSERTS: weakref.WeakKeyDictionary[Dialect, _DriverInsert] = weakref.WeakKeyDictionary()
+
+
+def _feedback_driver_insert(dialect: Dialect) -> _DriverInsert:
+    """The feedback INSERT compiled once per dialect, by SQLAlchemy (quoting, paramstyle, type processing)."""
+    cached = _DRIVER_INSERTS.get(dialect)
+    if cached is not None:
+        return cached
+    table = FeedbackEvent.__table__  # type: ignore[attr-defined]  # (sqlmodel does not declare it)
+    stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+    compiled = stmt.compile(dialect=dialect, column_keys=[c.key for c in table.columns])
+    names = tuple(compiled.positiontup or ())
+    assert sorted(names) == sorted(c.key for c in table.columns), names
+    processors = []
+    for i, name in enumerate(names):
+        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            processors.append((i, process))
+    getter = operator.itemgetter(*names)
+    built = _DriverInsert(str(compiled), getter, tuple(processors))
+    _DRIVER_INSERTS[dialect] = built
+    return built
+
+
+def _sqlite_insert_feedback(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+    """SQLite: the rows through the driver's `executemany` (no per-row SQLAlchemy parameter handling).
+
+    Counting by `rowcount` is exact here: `sqlite3` sums `sqlite3_changes()` over the rows of an
+    executemany, and a row skipped by ON CONFLICT DO NOTHING changes nothing. (RETURNING is not
+    allowed with executemany in `sqlite3`.)
+    """
+    insert = _feedback_driver_insert(conn.dialect)
+    return int(conn.exec_driver_sql(insert.sql, insert.params(rows)).rowcount)
 
 
 def upsert_catalog(*, session: Session, rows: Sequence[dict[str, Any]]) -> int:
@@ -85,6 +161,12 @@ def recent_feedback(
         q = q.where(col(FeedbackEvent.ingested_at) > since)
     q = q.order_by(col(FeedbackEvent.ingested_at).desc(), col(FeedbackEvent.event_id).desc()).limit(limit)
     return list(reversed(session.execute(q).scalars().all()))
+
+
+def oldest_feedback(*, session: Session, limit: int) -> list[FeedbackEvent]:
+    """The first `limit` events ever stored (by ingestion time), oldest first."""
+    q = select(FeedbackEvent).order_by(col(FeedbackEvent.ingested_at), col(FeedbackEvent.event_id)).limit(limit)
+    return list(session.execute(q).scalars().all())
 
 
 def catalog_items(*, session: Session, item_ids: Sequence[str] | None = None) -> dict[str, CatalogItem]:

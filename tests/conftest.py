@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.fixtures.ingest",
     "tests.fixtures.model",
     "tests.fixtures.scoring",
+    "tests.fixtures.training",
 ]

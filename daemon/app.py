@@ -1,0 +1,232 @@
+"""`Application`: the one object that owns ranktune's roles in a process and its life cycle.
+
+Roles: `ingest` (Kafka -> DB), `scheduler` (retrain + drift jobs, training in a child process,
+automatic promotion) and `serve` (the live scorer + HTTP API). The constructor builds nothing that
+connects; `run()` checks, starts the roles inside an ExitStack, installs the signal handlers and waits;
+`stop()` only sets a flag. Shutdown order: scheduler (no new runs) -> a running training finishes or
+stops at its next step within the grace period -> ingest (finishes its batch, commits) -> serve (drains).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from adapters.errors import RanktuneError
+from adapters.ranker import Ranker
+from daemon.consumer import Ingestor
+from daemon.control import Reconciler, registered_loader
+from daemon.drift import DriftMonitor, drift_job
+from daemon.errors import StartupCheckFailed
+from daemon.ingest_stats import IngestStats
+from daemon.lifecycle import install_signal_handlers
+from daemon.model_specs import base_model_path, lora_spec, model_spec
+from daemon.promotion import auto_promote
+from daemon.schedule import RetrainScheduler, TrainingCoordinator
+from daemon.scorer import Scorer
+from daemon.serve import ServeRole
+from daemon.settings import Role, Settings
+from daemon.trainer_process import DEFAULT_TARGET, TrainerProcess
+from storage import events_repo, registry
+from storage.db import ensure_schema, make_engine, session_scope
+
+log = logging.getLogger(__name__)
+
+
+class Application:
+    """Runs the configured roles until SIGTERM/SIGINT or `stop()`."""
+
+    def __init__(self, settings: Settings, roles: Sequence[Role] | None = None, *,
+                 trainer_target: str = DEFAULT_TARGET) -> None:
+        self.settings = settings
+        self._trainer_target = trainer_target  # tests inject a failing training child here
+        self.roles: tuple[Role, ...] = tuple(roles or settings.roles)
+        self.stats = IngestStats()
+        self._stop = threading.Event()
+        self.engine: Engine | None = None
+        self.ingestor: Ingestor | None = None
+        self.serve: ServeRole | None = None
+        self.coordinator: TrainingCoordinator | None = None
+        self.scheduler: RetrainScheduler | None = None
+        self.trainer: TrainerProcess | None = None
+        self.monitor: DriftMonitor | None = None
+        self.drift_check: Callable[[], None] | None = None  # the scheduler's drift job
+        self.started = threading.Event()
+        # the training child logs its own progress; a live display (the demo) can also listen here
+        self.on_training_progress: Callable[[dict[str, Any]], None] | None = None
+
+    # --- life cycle ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask `run()` to shut down (signal-safe: only sets a flag)."""
+        self._stop.set()
+
+    def run(self, *, install_signals: bool = True) -> int:
+        restore = install_signal_handlers(self.stop) if install_signals else None
+        try:
+            with ExitStack() as stack:
+                self._start(stack)
+                self.started.set()
+                log.info("ranktune running: roles %s", ",".join(self.roles))
+                while not self._stop.wait(1.0):
+                    self._watch()
+                log.info("shutting down")
+            return 0
+        finally:
+            if restore is not None:
+                restore()
+
+    def _start(self, stack: ExitStack) -> None:
+        s = self.settings
+        self.engine = engine = self._checked_engine()
+        stack.callback(engine.dispose)
+        # registered first, so closed last: serve drains after ingest and training have stopped
+        if "serve" in self.roles:
+            self.serve = ServeRole(s, engine=engine, ingest_stats=self.stats.snapshot,
+                                   schedule=self.schedule_info).start()
+            stack.callback(self.serve.stop)
+        if "ingest" in self.roles:
+            self.ingestor = Ingestor(s, engine, stats=self.stats)
+            thread = threading.Thread(target=self.ingestor.run, name="ranktune-ingest", daemon=True)
+            thread.start()
+            stack.callback(self._stop_ingest, thread)
+        if "scheduler" in self.roles:
+            self._start_scheduler(stack, engine)
+
+    def _checked_engine(self) -> Engine:
+        """Start-up checks that fail fast, each naming the fix."""
+        s = self.settings
+        engine = make_engine(s.sqlalchemy_url)
+        try:
+            ensure_schema(engine)
+        except RanktuneError:
+            engine.dispose()
+            raise
+        if {"serve", "scheduler"} & set(self.roles):
+            path = base_model_path(s)
+            if not (path / "config.json").is_file():
+                engine.dispose()
+                raise StartupCheckFailed(f"base model folder {path} has no config.json: set RANKTUNE_BASE_MODEL "
+                                         "to a local Hugging Face model folder")
+        if {"ingest", "scheduler"} & set(self.roles) or "serve" in self.roles:
+            self._check_broker()
+        s.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        return engine
+
+    def _check_broker(self) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        from daemon.kafka_client import client_kwargs
+
+        try:
+            kwargs = client_kwargs(self.settings, client_id="ranktune-check")
+            admin = KafkaAdminClient(request_timeout_ms=10000, **kwargs)
+            admin.close()
+        except KafkaError as exc:
+            raise StartupCheckFailed(f"Kafka broker at {self.settings.kafka_bootstrap} is not reachable ({exc}): "
+                                     "check RANKTUNE_KAFKA_BOOTSTRAP and the security settings") from None
+
+    def _stop_ingest(self, thread: threading.Thread) -> None:
+        assert self.ingestor is not None
+        self.ingestor.stop()
+        thread.join(self.settings.kafka_poll_timeout_ms / 1000 + 60)
+
+    def _watch(self) -> None:
+        if self.ingestor is not None and not self.ingestor.healthy():
+            log.warning("ingest loop made no progress for %.0fs", self.settings.liveness_timeout_s)
+
+    # --- scheduler role --------------------------------------------------------------------------
+    def _start_scheduler(self, stack: ExitStack, engine: Engine) -> None:
+        s = self.settings
+        self.trainer = TrainerProcess(s, engine, target=self._trainer_target)
+        self.coordinator = TrainingCoordinator(self._training_cycle, drift_cooldown_s=s.drift_cooldown_s)
+        self.monitor = self._drift_monitor(stack, engine)
+        self.drift_check = drift_job(self.monitor, self.coordinator.request)
+        self.scheduler = RetrainScheduler(
+            retrain_job=self.retrain_job, drift_job=self.drift_check,
+            retrain_interval_s=s.retrain_interval_s, drift_interval_s=s.drift_interval_s,
+        )
+        self.scheduler.start()
+        stack.callback(self._stop_scheduler)
+
+    def _stop_scheduler(self) -> None:
+        assert self.scheduler is not None and self.coordinator is not None and self.trainer is not None
+        self.scheduler.shutdown()
+        self.coordinator.close()
+        grace = self.settings.shutdown_grace_s
+        if self.coordinator.busy:
+            log.info("waiting up to %.0fs for the running training to finish", grace)
+            if not self.coordinator.wait_idle(grace):
+                log.info("training still running: asking it to stop at its next step")
+                self.trainer.request_stop()
+                self.coordinator.wait_idle(grace + 30)
+
+    def _drift_monitor(self, stack: ExitStack, engine: Engine) -> DriftMonitor:
+        if self.serve is not None and self.serve.scorer is not None:
+            scorer = self.serve.scorer
+        else:  # scheduler without serve: a private scorer (no HTTP) follows the champion for drift scores
+            scorer = self._private_scorer(stack, engine)
+
+        def score_pairs(pairs: Sequence[tuple[str, str]]) -> Sequence[float]:
+            return [float(x) for x in scorer.submit(pairs).result(self.settings.scorer_request_timeout_s).scores]
+
+        return DriftMonitor(self.settings, engine, score_pairs)
+
+    def _private_scorer(self, stack: ExitStack, engine: Engine) -> Scorer:
+        s = self.settings
+        ranker = Ranker.load(model_spec(s), lora_spec(s), batch_size=s.scorer_max_batch)
+        scorer = Scorer.from_settings(ranker, s, loader=registered_loader(engine, s.artifacts_dir))
+        scorer.start()
+        stack.callback(scorer.stop)
+        reconciler = Reconciler(engine, scorer, interval_s=s.reconcile_interval_s)
+        reconciler.safe_sync("start-up")
+        scorer.mark_ready()
+        reconciler.start()
+        stack.callback(reconciler.stop)
+        return scorer
+
+    def _count_run(self, status: str) -> None:
+        if self.serve is not None:
+            self.serve.metrics.training_runs.labels(status=status).inc()
+
+    def schedule_info(self) -> dict[str, Any]:
+        """Next run times and the training in progress, for `GET /v1/status`."""
+        if self.scheduler is None or self.coordinator is None:
+            return {"known": True, "scheduler": False}
+        st = self.coordinator.state
+        return {"known": True, "scheduler": True, "next_run": self.scheduler.next_run_times(),
+                "training": st.running, "queued": st.queued, "runs_started": st.started,
+                "auto_promote": self.settings.auto_promote}
+
+    def retrain_job(self) -> None:
+        """Scheduled: retrain when enough new labelled events arrived since the last run's data."""
+        assert self.engine is not None and self.coordinator is not None
+        with session_scope(self.engine) as s:
+            since = registry.last_data_cutoff(session=s)
+            new = events_repo.count_feedback(session=s, since=since, labelled_only=True)
+            need = self.settings.retrain_min_events
+            if new < need:
+                registry.start_run(session=s, trigger="schedule", status="skipped",
+                                   reason=f"{new} new labelled events since the last run; need {need}")
+                self._count_run("skipped")
+                return
+        self.coordinator.request("schedule")
+
+    def _training_cycle(self, trigger: str) -> str:
+        assert self.trainer is not None and self.engine is not None
+        t0 = time.monotonic()
+        outcome = self.trainer.run(trigger, on_progress=self.on_training_progress)
+        self._count_run(outcome.status)
+        promoted = auto_promote(outcome, settings=self.settings, engine=self.engine)
+        if promoted and self.serve is not None and self.serve.reconciler is not None:
+            self.serve.reconciler.safe_sync("promotion")  # do not wait for the control topic round-trip
+        log.info("training %s (%s) %s in %.0fs%s", outcome.run_id, trigger, outcome.status,
+                 time.monotonic() - t0, f"; promoted {promoted}" if promoted else "")
+        return outcome.status
+

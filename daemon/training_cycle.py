@@ -1,0 +1,166 @@
+"""One training cycle, run inside the training child: data from the DB -> candidate -> gate -> registry.
+
+The cycle never touches the champion alias: it only adds a candidate version with its gate decision.
+Promotion is the parent's job (automatic or by an operator), so a crash here leaves the champion as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from adapters import artifacts, dataset, gate, training
+from adapters.dataset import QueryGroup
+from adapters.errors import NotEnoughData
+from adapters.product_text import product_text
+from adapters.ranker import Ranker
+from adapters.ranking_metrics import EvalResult, evaluate_groups
+from daemon import model_specs
+from daemon.settings import Settings
+from daemon.trainer_process import report
+from storage import events_repo, registry
+from storage.db import make_engine, session_scope
+from storage.models import AdapterVersion, CatalogItem
+
+log = logging.getLogger(__name__)
+
+# Events read per cycle: the newest ones, enough for `train_max_groups` result pages of ~10 items.
+EVENTS_PER_GROUP = 12
+
+
+def catalog_text(item: CatalogItem) -> str:
+    return product_text(item.model_dump())
+
+
+def load_groups(settings: Settings, engine: Engine) -> tuple[list[QueryGroup], list[QueryGroup], datetime | None]:
+    """(new groups since the last run's cutoff, older groups for replay/regression, newest ingested_at)."""
+    with session_scope(engine) as s:
+        cutoff_before = registry.last_data_cutoff(session=s)
+        newest = events_repo.latest_ingested_at(session=s)
+        events = events_repo.recent_feedback(session=s, limit=settings.train_max_groups * EVENTS_PER_GROUP)
+        catalog = events_repo.catalog_items(session=s, item_ids=sorted({e.item_id for e in events}))
+    texts = {item_id: catalog_text(item) for item_id, item in catalog.items()}
+    if cutoff_before is None:
+        return dataset.build_groups([e.model_dump() for e in events], texts.get), [], newest
+    # A result page whose events straddle the cutoff splits in two partial groups: rare, and harmless.
+    new = [e.model_dump() for e in events if e.ingested_at > cutoff_before]
+    old = [e.model_dump() for e in events if e.ingested_at <= cutoff_before]
+    return dataset.build_groups(new, texts.get), dataset.build_groups(old, texts.get), newest
+
+
+def _per_group(result: EvalResult | None) -> list[float] | None:
+    return None if result is None else list(result.per_group_ndcg)
+
+
+def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
+              should_stop: Callable[[], bool], on_progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Train, evaluate and register one candidate. Returns the result message for the parent."""
+    new, old, newest = load_groups(settings, engine)
+    splits = dataset.split(new, model_specs.split_config(settings), previous=old)
+    with session_scope(engine) as s:
+        champion = registry.champion(session=s)
+        champion_row = None if champion == registry.BASE else registry.get_version(session=s, version=champion)
+        version = registry.next_version_name(session=s)
+
+    ranker = Ranker.load(model_specs.model_spec(settings), model_specs.lora_spec(settings))
+    champ_adapter: str | None = None
+    init_state = None
+    if champion_row is not None:
+        loaded = artifacts.load_adapter(settings.artifacts_dir, champion, expected_checksum=champion_row.checksum)
+        champ_adapter = f"champion-{champion}"
+        ranker.add_adapter(champ_adapter, loaded.state, loaded.peft_config)
+        if settings.warm_start:
+            init_state = loaded.state
+    def champion_scores(query: str, texts: Sequence[str]) -> Any:
+        return ranker.score(query, texts, adapter=champ_adapter)
+
+    champ_holdout = evaluate_groups(champion_scores, splits.holdout)
+    champ_regression = evaluate_groups(champion_scores, splits.regression) if splits.regression else None
+
+    result = training.train(ranker, splits, model_specs.train_config(settings), adapter_name=version,
+                            init_state=init_state, on_progress=on_progress, should_stop=should_stop)
+    if result.stopped:
+        with session_scope(engine) as s:
+            registry.finish_run(session=s, run_id=run_id, status="cancelled", seconds=result.seconds,
+                                error="stopped by shutdown; no version kept")
+        return {"status": "cancelled", "error": "stopped by shutdown; no version kept"}
+
+    decision = gate.decide(
+        _per_group(result.holdout) or [], _per_group(champ_holdout) or [],
+        _per_group(result.regression), _per_group(champ_regression), model_specs.gate_config(settings),
+        seed=settings.train_seed,
+    )
+    info = artifacts.save_adapter(
+        settings.artifacts_dir, version, result.state, ranker.peft_config(version),
+        meta={"parent": champion, "run_id": run_id, "trigger": trigger, "base_model": str(ranker.base.model_id)},
+    )
+    metrics = {
+        "candidate": {"holdout": result.holdout.to_dict(),
+                      "regression": result.regression.to_dict() if result.regression else None},
+        "compared_with": {"version": champion, "holdout": champ_holdout.to_dict(),
+                          "regression": champ_regression.to_dict() if champ_regression else None},
+        "history": result.history,
+    }
+    gate_record = {"compared_with": champion, **decision.to_dict()}
+    with session_scope(engine) as s:
+        registry.add_version(session=s, version=AdapterVersion(
+            version=version, parent_version=None if champion == registry.BASE else champion,
+            base_model=str(ranker.base.model_id), quantization=ranker.base.quantization,
+            lora_config=ranker.peft_config(version), metrics=metrics, gate=gate_record, status="candidate",
+            artifact_path=str(info.path), checksum=info.checksum, training_run_id=run_id,
+            created_at=datetime.now().astimezone(),
+        ))
+        registry.finish_run(
+            session=s, run_id=run_id, status="succeeded", device=str(ranker.device),
+            quantization=ranker.base.quantization, n_train=len(splits.train), n_holdout=len(splits.holdout),
+            n_regression=len(splits.regression), n_replay=splits.replay_count, best_step=result.best_step,
+            steps=result.steps, early_stopped=result.early_stopped, seconds=result.seconds,
+            examples_per_s=result.examples_per_s, metrics=metrics, gate=gate_record, candidate_version=version,
+            data_cutoff=newest,
+        )
+    return {
+        "status": "succeeded", "candidate_version": version, "gate": gate_record,
+        "summary": {"device": str(ranker.device), "quantization": ranker.base.quantization,
+                    "artifact_path": str(info.path), "metrics": metrics, "n_train": len(splits.train),
+                    "n_holdout": len(splits.holdout), "best_step": result.best_step, "steps": result.steps,
+                    "early_stopped": result.early_stopped, "seconds": result.seconds},
+    }
+
+
+def child_main(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
+    """Entry point of the training child (see `daemon.trainer_process`)."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent owns shutdown and tells this
+    # child through `stop` (and kills it after the grace period), so the child ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s [train] %(name)s: %(message)s")
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        msg = run_cycle(settings, engine, run_id, trigger, should_stop=stop.is_set,
+                        on_progress=lambda p: report(conn, "progress", **p))
+    except NotEnoughData as exc:
+        msg = _record_failure(engine, run_id, "skipped", str(exc))
+    except Exception as exc:
+        log.exception("training run %d failed", run_id)
+        msg = _record_failure(engine, run_id, "failed", f"{type(exc).__name__}: {exc}",
+                              tb=traceback.format_exc(limit=5))
+    report(conn, "result", **msg)
+    conn.close()
+    engine.dispose()
+
+
+def _record_failure(engine: Engine, run_id: int, status: str, error: str, tb: str | None = None) -> dict[str, Any]:
+    with session_scope(engine) as s:
+        registry.finish_run(session=s, run_id=run_id, status=status, error=error if tb is None else f"{error}\n{tb}")
+    return {"status": status, "error": error}
+
+
+def summarize_groups(groups: Sequence[QueryGroup]) -> dict[str, int]:
+    return {"groups": len(groups), "pairs": sum(len(g.item_ids) for g in groups)}

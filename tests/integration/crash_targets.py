@@ -1,0 +1,28 @@
+"""Training-child entry points that fail on purpose (imported by the spawned child, by name)."""
+
+from __future__ import annotations
+
+import os
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
+
+from daemon.settings import Settings
+
+
+def die_mid_write(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
+    """Start writing an artifact, then die the way an out-of-memory kill does: no cleanup, no report."""
+    tmp = settings.artifacts_dir / f".tmp-v0001-crash{run_id}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "adapter_model.safetensors").write_bytes(b"half a file")
+    os._exit(137)
+
+
+def raise_inside(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
+    """An ordinary exception inside training (the child's own handler records it)."""
+    from daemon import training_cycle
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    training_cycle.run_cycle = boom  # type: ignore[assignment]
+    training_cycle.child_main(settings, run_id, trigger, stop, conn)

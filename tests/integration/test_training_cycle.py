@@ -1,0 +1,118 @@
+"""Training cycles end to end from stored events: candidate, gate, registry, artifacts, failures.
+
+Storage is touched, so these run on SQLite and PostgreSQL (the `db_url` parameter).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from adapters import artifacts
+from daemon import cli
+from daemon.promotion import auto_promote
+from daemon.settings import Settings
+from daemon.trainer_process import TrainerProcess
+from storage import registry
+from storage.db import make_engine, session_scope, upgrade
+from tests.fixtures.training import store_records
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def stocked(db_url: str, shop_traffic: list) -> Engine:
+    eng = make_engine(db_url)
+    upgrade(eng)
+    s = Settings.load(None, database_url=db_url)
+    assert store_records(eng, s, shop_traffic) > 3000
+    return eng
+
+
+def _set_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    for name in ("database_url", "artifacts_dir", "max_seq_len", "train_max_groups", "train_epochs",
+                 "train_eval_every_steps", "train_learning_rate", "train_min_groups", "train_max_items_per_group",
+                 "gate_bootstrap_samples", "train_max_seconds", "train_groups_per_step"):
+        monkeypatch.setenv(f"RANKTUNE_{name.upper()}", str(getattr(settings, name)))
+
+
+def test_train_once_registers_a_gated_candidate(stocked: Engine, db_url: str,
+                                                training_settings: Callable[..., Settings],
+                                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    settings = training_settings(db_url)
+    _set_env(monkeypatch, settings)
+    assert cli.main(["train", "--once", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["status"] == "succeeded" and doc["trigger"] == "manual"
+    assert doc["candidate_version"] == "v0001" and doc["device"] == "cpu" and doc["quantization"] == "nf4"
+    cand, champ = doc["metrics"]["candidate"], doc["metrics"]["compared_with"]
+    assert champ["version"] == "base"
+    assert 0.0 <= champ["holdout"]["ndcg10"] <= 1.0 and 0.0 <= cand["holdout"]["ndcg10"] <= 1.0
+    gate = doc["gate"]
+    assert gate["compared_with"] == "base" and isinstance(gate["passed"], bool) and gate["reasons"]
+    assert gate["ndcg_gain"] == pytest.approx(cand["holdout"]["ndcg10"] - champ["holdout"]["ndcg10"], abs=1e-6)
+
+    with session_scope(stocked) as s:
+        row = registry.get_version(session=s, version="v0001")
+        run = registry.recent_runs(session=s, limit=1)[0]
+        champion = registry.champion(session=s)
+    loaded = artifacts.load_adapter(settings.artifacts_dir, "v0001", expected_checksum=row.checksum)
+    assert loaded.state and row.gate == gate and row.quantization == "nf4"
+    assert run.status == "succeeded" and run.candidate_version == "v0001" and run.n_train and run.n_holdout
+    assert run.best_step is not None and run.best_step <= run.steps
+    # the gate's verdict is what happened: promoted exactly when it passed
+    assert (champion == "v0001") == gate["passed"] == (doc["promoted"] == "v0001")
+    assert (row.status == "champion") == gate["passed"]
+
+
+def test_a_worse_candidate_is_refused_and_never_served(stocked: Engine, db_url: str,
+                                                       training_settings: Callable[..., Settings]):
+    # No time to train: the kept checkpoint is the untrained head, far below the zero-shot base.
+    settings = training_settings(db_url, train_max_seconds=0.01)
+    outcome = TrainerProcess(settings, stocked).run("manual")
+    assert outcome.status == "succeeded" and outcome.gate is not None
+    assert outcome.gate["passed"] is False
+    assert outcome.gate["ndcg_gain"] < 0
+    assert any("gain" in r.lower() or "ndcg" in r.lower() for r in outcome.gate["reasons"])
+    assert auto_promote(outcome, settings=settings, engine=stocked) is None
+    with session_scope(stocked) as s:
+        assert registry.champion(session=s) == "base"
+        assert registry.get_version(session=s, version=outcome.candidate_version).status == "candidate"
+        assert not [a for a in registry.audit_log(session=s) if a.action in ("promote", "auto_promote")]
+
+
+def test_promotion_is_skipped_when_the_champion_moved_during_training(stocked: Engine, db_url: str,
+                                                                      training_settings: Callable[..., Settings]):
+    settings = training_settings(db_url, train_max_seconds=0.01)
+    outcome = TrainerProcess(settings, stocked).run("manual")
+    assert outcome.candidate_version is not None and outcome.gate is not None
+    # a verdict against a champion that is no longer the champion (an operator moved it meanwhile)
+    outcome.gate.update(passed=True, compared_with="v0999")
+    assert auto_promote(outcome, settings=settings, engine=stocked) is None
+    with session_scope(stocked) as s:
+        assert registry.champion(session=s) == "base"
+        last = registry.audit_log(session=s, limit=1)[0]
+        assert last.action == "skip_promote" and "v0999" in (last.reason or "")
+
+
+@pytest.mark.parametrize("target", ["die_mid_write", "raise_inside"])
+def test_a_crash_in_training_leaves_no_version_and_the_parent_survives(
+        target: str, stocked: Engine, db_url: str, training_settings: Callable[..., Settings]):
+    settings = training_settings(db_url)
+    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    trainer = TrainerProcess(settings, stocked, target=f"tests.integration.crash_targets:{target}")
+    outcome = trainer.run("manual")
+    assert outcome.status == "failed" and outcome.candidate_version is None
+    expected = "exit code 137" if target == "die_mid_write" else "out of memory"
+    assert expected in (outcome.error or "")
+    with session_scope(stocked) as s:
+        assert registry.list_versions(session=s) == []
+        run = registry.recent_runs(session=s, limit=1)[0]
+        assert run.status == "failed" and expected in (run.error or "")
+        assert registry.champion(session=s) == "base"
+    assert not list(settings.artifacts_dir.glob(".tmp-*")), "a half-written artifact was left behind"
+    again = trainer.run("manual")  # the parent is fine and can run the next cycle
+    assert again.status == "failed" and again.run_id == outcome.run_id + 1
