@@ -46,3 +46,31 @@ class NotEnoughData(TrainingError):
 
 class SwapRefused(AdapterError, RuntimeError):
     """A hot-swap was refused (load failed, probe scores not finite); the old adapter keeps serving."""
+
+
+class InvalidConfig(AdapterError, ValueError):
+    """A model, LoRA, training, split or gate configuration is inconsistent; the message names the field."""
+
+
+class DeviceUnavailable(AdapterError, RuntimeError):
+    """The requested device (e.g. cuda) is not available on this machine."""
+
+
+class AdapterNotFound(AdapterError, LookupError):
+    """No adapter of that name is loaded in the ranker."""
+
+
+class AdapterNameTaken(AdapterError, ValueError):
+    """An adapter name was already used in this ranker; names are never reused."""
+
+
+class AdapterMismatch(AdapterError, ValueError):
+    """Adapter weights or config do not fit the loaded base model."""
+
+
+class InvalidVersionName(ArtifactError, ValueError):
+    """An adapter version name is malformed (it must match `VERSION_RE`)."""
+
+
+class ArtifactExists(ArtifactError, FileExistsError):
+    """An adapter version folder already exists; versions are immutable."""

@@ -42,7 +42,8 @@ def _set_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
 def test_train_once_registers_a_gated_candidate(stocked: Engine, db_url: str,
                                                 training_settings: Callable[..., Settings],
                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    settings = training_settings(db_url)
+    # a valid gated candidate is what this checks, not a good one: a short run keeps CI fast
+    settings = training_settings(db_url, train_max_groups=120, train_epochs=1)
     _set_env(monkeypatch, settings)
     assert cli.main(["train", "--once", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

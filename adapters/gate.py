@@ -1,0 +1,130 @@
+"""The promotion gate: does a candidate beat the champion on the same holdout groups?
+
+Inputs are per-group NDCG@10 lists aligned by group (`EvalResult.per_group_ndcg` of both models on the
+same groups). The first adapter is compared with the base scorer without adapter, so the champion
+side is always something real. A candidate passes only when all three hold:
+
+1. mean gain >= `min_ndcg_gain`;
+2. a paired bootstrap over query groups shows a gain > 0 in at least `confidence` of the resamples
+   (groups are the independent units: items of one page are not);
+3. on the regression holdout (older data), the candidate loses at most `regression_tolerance`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adapters.config import GateConfig
+
+__all__ = ["GateDecision", "decide"]
+
+PerGroup = Sequence[float] | np.ndarray
+"""Per-group NDCG@10 values, aligned by group (a list or a numpy array)."""
+
+# Resamples are drawn in chunks so memory stays at chunk * n_groups indices for big holdouts.
+_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The verdict with its numbers; `reasons` has one line per check, failed or passed."""
+
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    ndcg_gain: float = 0.0
+    bootstrap_p_gain: float = 0.0
+    ci_low: float = 0.0
+    ci_high: float = 0.0
+    regression_delta: float | None = None
+    n_groups: int = 0
+    candidate_ndcg: float = 0.0
+    champion_ndcg: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict for the registry's audit row."""
+        return asdict(self)
+
+
+def _paired_bootstrap(diffs: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = diffs.size
+    means = []
+    for start in range(0, samples, _CHUNK):
+        idx = rng.integers(0, n, size=(min(_CHUNK, samples - start), n))
+        means.append(diffs[idx].mean(axis=1))
+    return np.concatenate(means)
+
+
+def decide(
+    candidate_holdout: PerGroup,
+    champion_holdout: PerGroup,
+    candidate_regression: PerGroup | None,
+    champion_regression: PerGroup | None,
+    cfg: GateConfig,
+    seed: int = 0,
+) -> GateDecision:
+    """Compare per-group NDCG lists; see the module docstring for the rule. Deterministic for a seed."""
+    cand = np.asarray(candidate_holdout, dtype=np.float64)
+    champ = np.asarray(champion_holdout, dtype=np.float64)
+    if cand.shape != champ.shape:
+        raise ValueError(f"holdout lists are not aligned: {cand.size} candidate vs {champ.size} champion groups")
+    if (candidate_regression is None) != (champion_regression is None):
+        raise ValueError("give both regression lists or neither")
+    if cand.size == 0:
+        return GateDecision(passed=False, reasons=["fail: the holdout has no query groups"])
+
+    diffs = cand - champ
+    gain = float(diffs.mean())
+    boot = _paired_bootstrap(diffs, cfg.bootstrap_samples, seed)
+    p_gain = float((boot > 0).mean())
+    tail = (1.0 - cfg.confidence) / 2.0
+    ci_low, ci_high = (float(x) for x in np.quantile(boot, [tail, 1.0 - tail]))
+
+    reasons = []
+    ok_gain = gain >= cfg.min_ndcg_gain
+    reasons.append(
+        f"{'ok' if ok_gain else 'fail'}: NDCG@10 gain {gain:+.4f} "
+        f"({cand.mean():.4f} vs {champ.mean():.4f}) {'>=' if ok_gain else '<'} margin {cfg.min_ndcg_gain:.4f}"
+    )
+    ok_boot = p_gain >= cfg.confidence
+    reasons.append(
+        f"{'ok' if ok_boot else 'fail'}: gain > 0 in {p_gain:.1%} of {cfg.bootstrap_samples} paired bootstrap "
+        f"resamples over {cand.size} groups (need {cfg.confidence:.0%}); "
+        f"{cfg.confidence:.0%} interval [{ci_low:+.4f}, {ci_high:+.4f}]"
+    )
+
+    reg_delta: float | None = None
+    ok_reg = True
+    if candidate_regression is not None and champion_regression is not None:
+        creg = np.asarray(candidate_regression, dtype=np.float64)
+        preg = np.asarray(champion_regression, dtype=np.float64)
+        if creg.shape != preg.shape:
+            raise ValueError(f"regression lists are not aligned: {creg.size} vs {preg.size} groups")
+        if creg.size:
+            reg_delta = float(creg.mean() - preg.mean())
+            ok_reg = reg_delta >= -cfg.regression_tolerance
+            reasons.append(
+                f"{'ok' if ok_reg else 'fail'}: regression holdout NDCG@10 change {reg_delta:+.4f} "
+                f"({'within' if ok_reg else 'beyond'} tolerance {cfg.regression_tolerance:.4f}, {creg.size} groups)"
+            )
+        else:
+            reasons.append("ok: regression holdout is empty; not checked")
+    else:
+        reasons.append("ok: no regression holdout given; not checked")
+
+    return GateDecision(
+        passed=ok_gain and ok_boot and ok_reg,
+        reasons=reasons,
+        ndcg_gain=gain,
+        bootstrap_p_gain=p_gain,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        regression_delta=reg_delta,
+        n_groups=int(cand.size),
+        candidate_ndcg=float(cand.mean()),
+        champion_ndcg=float(champ.mean()),
+    )

@@ -1,0 +1,118 @@
+"""Ranking metrics per query group and over a set of groups (numpy only).
+
+Ordering rule, used by every metric: items are sorted by descending score with a *stable* sort, so tied
+scores keep the group's original item order. The label never takes part in the sort: breaking ties by
+label (or by anything correlated with it) would hand a constant or collapsed model a perfect score.
+`dataset.build_groups` orders each group's items by item id, not by the position they were shown at,
+so the original order carries no click signal either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["EvalResult", "auc", "evaluate_groups", "mrr", "ndcg_at_k", "rank_order"]
+
+
+class _Group(Protocol):
+    @property
+    def query(self) -> str: ...
+    @property
+    def texts(self) -> Sequence[str]: ...
+    @property
+    def labels(self) -> Sequence[int]: ...
+
+
+def rank_order(scores: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Indices of items from best to worst: descending score, ties in original order."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.argsort(-s, kind="stable")
+
+
+def ndcg_at_k(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray, k: int = 10) -> float:
+    """NDCG@k with graded gains `2^rel - 1` and `log2(rank + 1)` discounts; 0.0 when no item is relevant."""
+    rel = np.asarray(labels, dtype=np.float64)
+    if rel.size == 0:
+        return 0.0
+    discounts = 1.0 / np.log2(np.arange(2, min(k, rel.size) + 2))
+    gains = np.power(2.0, rel) - 1.0
+    dcg = float((gains[rank_order(scores)][:k] * discounts).sum())
+    idcg = float((np.sort(gains)[::-1][:k] * discounts).sum())
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def mrr(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Reciprocal rank of the first item with `label > 0`; 0.0 when there is none."""
+    rel = np.asarray(labels)[rank_order(scores)]
+    hits = np.flatnonzero(rel > 0)
+    return 1.0 / (hits[0] + 1) if hits.size else 0.0
+
+
+def auc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float | None:
+    """Probability that a positive (`label > 0`) outscores a negative; ties count half. None with one class."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(labels) > 0
+    if pos.all() or not pos.any():
+        return None
+    diff = s[pos][:, None] - s[~pos][None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics over a set of query groups (means over groups; AUC over groups where it is defined)."""
+
+    ndcg10: float
+    mrr: float
+    auc: float | None
+    loss: float | None
+    per_group_ndcg: list[float] = field(repr=False)
+    n_groups: int
+
+    def to_dict(self, *, with_groups: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not with_groups:
+            d.pop("per_group_ndcg")
+        return d
+
+
+def evaluate_groups(
+    score_fn: Callable[[str, Sequence[str]], np.ndarray],
+    groups: Sequence[_Group],
+    *,
+    loss_fn: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    k: int = 10,
+) -> EvalResult:
+    """Score every group with `score_fn(query, texts)` and average NDCG@k, MRR, AUC (and `loss_fn`).
+
+    `per_group_ndcg` keeps the groups' order, so two models evaluated on the same groups can be
+    compared pair by pair (see `gate.decide`).
+    """
+    ndcgs: list[float] = []
+    mrrs: list[float] = []
+    aucs: list[float] = []
+    losses: list[float] = []
+    for g in groups:
+        scores = np.asarray(score_fn(g.query, g.texts), dtype=np.float64)
+        labels = np.asarray(g.labels)
+        if scores.shape != labels.shape:
+            raise ValueError(f"score_fn returned {scores.shape[0]} scores for {labels.shape[0]} items")
+        ndcgs.append(ndcg_at_k(scores, labels, k))
+        mrrs.append(mrr(scores, labels))
+        a = auc(scores, labels)
+        if a is not None:
+            aucs.append(a)
+        if loss_fn is not None:
+            losses.append(float(loss_fn(scores, labels)))
+    return EvalResult(
+        ndcg10=float(np.mean(ndcgs)) if ndcgs else 0.0,
+        mrr=float(np.mean(mrrs)) if mrrs else 0.0,
+        auc=float(np.mean(aucs)) if aucs else None,
+        loss=float(np.mean(losses)) if losses else None,
+        per_group_ndcg=ndcgs,
+        n_groups=len(ndcgs),
+    )

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from adapters.config import GateConfig
+from adapters.gate import decide
+
+CFG = GateConfig(min_ndcg_gain=0.005, bootstrap_samples=1000, confidence=0.9, regression_tolerance=0.01)
+
+
+def _champion(n: int = 80, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.5, 0.9, size=n)
+
+
+def test_clearly_better_candidate_passes() -> None:
+    champ = _champion()
+    cand = np.clip(champ + np.random.default_rng(2).normal(0.05, 0.03, size=champ.size), 0, 1)
+    d = decide(cand, champ, cand[:20], champ[:20], CFG)
+    assert d.passed, d.reasons
+    assert d.ndcg_gain > 0.03
+    assert d.bootstrap_p_gain >= 0.99
+    assert d.ci_low > 0
+    assert all(r.startswith("ok") for r in d.reasons)
+
+
+def test_worse_candidate_refused() -> None:
+    champ = _champion()
+    cand = champ - 0.04
+    d = decide(cand, champ, None, None, CFG)
+    assert not d.passed
+    assert d.ndcg_gain == pytest.approx(-0.04)
+    assert d.bootstrap_p_gain == 0.0
+    assert any(r.startswith("fail: NDCG@10 gain") for r in d.reasons)
+
+
+def test_equal_candidate_refused_even_with_zero_margin() -> None:
+    champ = _champion()
+    d = decide(champ.copy(), champ, None, None, GateConfig(min_ndcg_gain=0.0))
+    assert not d.passed
+    assert d.ndcg_gain == 0.0
+    assert d.bootstrap_p_gain == 0.0  # no resample shows a gain > 0
+
+
+def test_noisy_small_gain_refused_by_bootstrap() -> None:
+    champ = _champion(n=30)
+    noise = np.random.default_rng(3).normal(0.0, 0.2, size=30)
+    cand = champ + noise - noise.mean() + 0.01  # mean gain 0.01 >= margin, but pure noise around it
+    d = decide(cand, champ, None, None, CFG)
+    assert d.ndcg_gain == pytest.approx(0.01)
+    assert not d.passed
+    assert any(r.startswith("fail: gain > 0") for r in d.reasons)
+
+
+def test_regression_beyond_tolerance_refused() -> None:
+    champ = _champion()
+    cand = champ + 0.05
+    reg_champ = _champion(n=40, seed=5)
+    d = decide(cand, champ, reg_champ - 0.03, reg_champ, CFG)
+    assert not d.passed
+    assert d.regression_delta == pytest.approx(-0.03)
+    assert any(r.startswith("fail: regression") for r in d.reasons)
+    # A small loss within tolerance is fine.
+    assert decide(cand, champ, reg_champ - 0.005, reg_champ, CFG).passed
+
+
+def test_deterministic_and_serialisable() -> None:
+    champ = _champion()
+    cand = champ + np.random.default_rng(9).normal(0.01, 0.05, size=champ.size)
+    a = decide(cand, champ, None, None, CFG, seed=4)
+    b = decide(cand, champ, None, None, CFG, seed=4)
+    assert a == b
+    json.dumps(a.to_dict())
+
+
+def test_misaligned_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="aligned"):
+        decide([0.5, 0.6], [0.5], None, None, CFG)
+    with pytest.raises(ValueError, match="both"):
+        decide([0.5], [0.5], [0.5], None, CFG)
+
+
+def test_empty_holdout_refused() -> None:
+    d = decide([], [], None, None, CFG)
+    assert not d.passed
+    assert "no query groups" in d.reasons[0]
