@@ -224,13 +224,16 @@ class Ingestor:
     def _parse(self, records: dict[TopicPartition, list[Any]]) -> _Batch:
         assert self._consumer is not None
         batch = _Batch(0, [], [], {})
+        config, pseudonymize = self._parse_config, self._pseudonymize  # once per batch, not per record
+        keep = batch.parsed.append
         for tp, recs in records.items():
+            topic, partition = tp.topic, tp.partition
             for r in recs:
-                out = parse_record(r.topic, r.partition, r.offset, r.key, r.value,
-                                   config=self._parse_config, pseudonymize=self._pseudonymize)
-                if isinstance(out, Parsed):
-                    batch.parsed.append(out)
+                out = parse_record(topic, partition, r.offset, r.key, r.value, config=config, pseudonymize=pseudonymize)
+                if type(out) is Parsed:
+                    keep(out)
                 else:
+                    assert isinstance(out, Rejection)
                     log.warning("%s rejected (%s): %s", out.where, out.reason, out.message)
                     batch.rejects.append(out)
             batch.records += len(recs)

@@ -77,8 +77,15 @@ def write_batch(engine: Engine, parsed: list[Parsed]) -> WriteOutcome:
 
 def _store(engine: Engine, parsed: list[Parsed]) -> WriteOutcome:
     now = utcnow()
-    feedback = [p.row | {"ingested_at": now} for p in parsed if p.kind == "feedback"]
-    catalog = [p.row | {"updated_at": now} for p in parsed if p.kind == "catalog"]
+    feedback: list[dict[str, Any]] = []
+    catalog: list[dict[str, Any]] = []
+    for p in parsed:  # the write time goes into the rows themselves (a retry sets it again)
+        if p.kind == "feedback":
+            p.row["ingested_at"] = now
+            feedback.append(p.row)
+        else:
+            p.row["updated_at"] = now
+            catalog.append(p.row)
     out = WriteOutcome()
     with session_scope(engine) as session:
         for i in range(0, len(feedback), CHUNK_ROWS):

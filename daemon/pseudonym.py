@@ -16,7 +16,7 @@ from pydantic import SecretStr
 class Pseudonymizer:
     """Turns a personal identifier into a stable keyed hash, or `None` when no key is configured."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_prefixed")
 
     def __init__(self, key: SecretStr | str | bytes | None) -> None:
         if isinstance(key, SecretStr):
@@ -24,6 +24,9 @@ class Pseudonymizer:
         if isinstance(key, str):
             key = key.encode("utf-8")
         self._key: bytes | None = key or None
+        # per field: an HMAC that has already absorbed the key and `field\x00`, copied for each value
+        # (a copy skips re-keying, the costly part of a one-shot HMAC on short messages)
+        self._prefixed: dict[str, hmac.HMAC] = {}
 
     @property
     def enabled(self) -> bool:
@@ -33,8 +36,12 @@ class Pseudonymizer:
         """The 64-character hex pseudonym of `value` for `field`; `None` if no key or no value."""
         if self._key is None or value is None:
             return None
-        msg = field.encode("utf-8") + b"\x00" + value.encode("utf-8")
-        return hmac.digest(self._key, msg, hashlib.sha256).hex()
+        prefixed = self._prefixed.get(field)
+        if prefixed is None:  # a race here only builds the same object twice
+            prefixed = self._prefixed[field] = hmac.new(self._key, field.encode("utf-8") + b"\x00", hashlib.sha256)
+        mac = prefixed.copy()
+        mac.update(value.encode("utf-8"))
+        return mac.hexdigest()
 
     def __repr__(self) -> str:  # the key never appears in logs or tracebacks
         return f"Pseudonymizer(enabled={self.enabled})"

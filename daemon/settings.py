@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: int = Field(
         60000, ge=1000, description="Longest time between polls before the member leaves the group."
     )
-    kafka_poll_max_records: int = Field(500, ge=1, le=100000, description="Most records one poll returns.")
+    kafka_poll_max_records: int = Field(2000, ge=1, le=100000, description="Most records one poll returns.")
     kafka_poll_timeout_ms: int = Field(500, ge=1, description="How long one poll waits for records.")
     kafka_topic_partitions: int = Field(3, ge=1, description="Partitions for topics ranktune creates.")
     kafka_replication_factor: int = Field(1, ge=1, description="Replication factor for topics ranktune creates.")

@@ -110,8 +110,8 @@ def _sqlite_insert_feedback(conn: Connection, rows: Sequence[dict[str, Any]]) ->
     """SQLite: the rows through the driver's `executemany` (no per-row SQLAlchemy parameter handling).
 
     Counting by `rowcount` is exact here: `sqlite3` sums `sqlite3_changes()` over the rows of an
-    executemany, and a row skipped by ON CONFLICT DO NOTHING changes nothing. (RETURNING is not
-    allowed with executemany in `sqlite3`.)
+    executemany, and a row skipped by ON CONFLICT DO NOTHING changes nothing. (No RETURNING: with it,
+    `sqlite3`'s executemany returns no rows and a rowcount of 0.)
     """
     insert = _feedback_driver_insert(conn.dialect)
     return int(conn.exec_driver_sql(insert.sql, insert.params(rows)).rowcount)

@@ -167,3 +167,11 @@ def test_pseudonyms_are_keyed_and_stable():
     assert "k1" not in repr(a)
     assert Pseudonymizer(Settings(pseudonym_key="k1").pseudonym_key)("user_id", "u") == a("user_id", "u")
     assert not Pseudonymizer("").enabled
+
+
+@pytest.mark.parametrize("key", [b"k", b"k" * 64, b"k" * 65, "schl\u00fcssel".encode()])  # short, block size, hashed
+def test_pseudonyms_are_hmac_sha256_of_field_nul_value(key):
+    p = Pseudonymizer(key)
+    for field, value in [("user_id", "u-7"), ("session_id", "s-\u00e9"), ("user_id", "u-8"), ("user_id", "u-7")]:
+        msg = field.encode() + b"\x00" + value.encode()
+        assert p(field, value) == hmac.new(key, msg, hashlib.sha256).hexdigest()

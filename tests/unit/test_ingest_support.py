@@ -15,12 +15,16 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from daemon.cli import main
 from daemon.consumer import Backoff, Ingestor
 from daemon.deadletter import headers_for
-from daemon.events import Rejection
+from daemon.events import ParseConfig, Parsed, Rejection, parse_record
 from daemon.ingest_stats import IngestStats
+from daemon.ingest_writer import write_batch
 from daemon.kafka_client import client_kwargs, redacted
 from daemon.lifecycle import install_signal_handlers
+from daemon.pseudonym import Pseudonymizer
 from daemon.settings import Settings
 from storage.db import make_engine
+
+CFG = ParseConfig(feedback_topic="fb", catalog_topic="cat", max_message_bytes=65536)
 
 
 def test_plaintext_client_kwargs():
@@ -82,6 +86,20 @@ def test_ingestor_constructor_connects_to_nothing(tmp_path: Path):
     ing.run()  # stopped before it started: returns without connecting
     assert time.monotonic() - t0 < 1.0
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_row_the_database_refuses_comes_back_as_store_failed_and_the_rest_is_stored(engine):
+    value = b'{"event_id": "e-%d", "ts": "2026-11-01T12:00:00Z", "query": "q", "item_id": "i", "action": "click"}'
+    batch: list[Parsed] = []
+    for i in range(5):
+        p = parse_record("fb", 0, i, None, value % i, config=CFG, pseudonymize=Pseudonymizer(None))
+        assert isinstance(p, Parsed)
+        batch.append(p if i != 2 else p._replace(row=p.row | {"query": None}))  # NOT NULL: slipped past the schema
+    out = write_batch(engine, batch)
+    assert (out.stored, out.duplicates) == (4, 0)
+    assert [(r.offset, r.reason) for r in out.refused] == [(2, "store_failed")]
+    again = write_batch(engine, batch)
+    assert (again.stored, again.duplicates, len(again.refused)) == (0, 4, 1)
 
 
 def test_dead_letter_headers_name_the_source_and_reason():

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 
 from storage import events_repo, registry
 from storage.db import ensure_schema, head_revision, make_engine, session_scope, upgrade
 from storage.errors import InvalidTransition, SchemaOutdated, VersionNotFound
-from storage.models import AdapterVersion
+from storage.models import AdapterVersion, FeedbackEvent
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -57,6 +57,24 @@ def test_feedback_insert_is_idempotent(engine):
     with session_scope(engine) as s:
         assert events_repo.count_feedback(session=s) == 20
         assert events_repo.count_feedback(session=s, since=T0 + timedelta(seconds=9)) == 10
+
+
+def test_feedback_rows_are_stored_as_sqlalchemy_stores_them(engine):
+    # insert_feedback sends SQLite rows through the driver's executemany: the stored values must be
+    # exactly what a plain SQLAlchemy insert stores (timestamps in SQLAlchemy's text format, NULLs, ints)
+    rows = [feedback(i, ts=datetime(1, 2, 3, 4, 5, 6, tzinfo=UTC) if i == 0 else T0 + timedelta(microseconds=i),
+                     item_text="t\u00e9xt" if i % 2 else None, user_hash="h" * 64) for i in range(4)]
+    with session_scope(engine) as s:
+        assert events_repo.insert_feedback(session=s, rows=rows) == events_repo.WriteResult(4, 0)
+        s.execute(insert(FeedbackEvent), [r | {"event_id": f"x{r['event_id']}"} for r in rows])
+    with engine.connect() as c:
+        stored = c.execute(text("select * from feedback_events order by event_id")).mappings().all()
+    ours, theirs = stored[:4], stored[4:]
+    assert [dict(r) | {"event_id": "x" + r["event_id"]} for r in ours] == [dict(r) for r in theirs]
+    with session_scope(engine) as s:
+        got = {e.event_id: e for e in events_repo.recent_feedback(session=s, limit=10)}
+    assert got["e0"].ts.replace(tzinfo=None) == datetime(1, 2, 3, 4, 5, 6)
+    assert got["e3"].item_text == "t\u00e9xt" and got["e3"].position == 3 and got["e3"].offset == 3
 
 
 def test_catalog_upsert_keeps_the_newest(engine):
