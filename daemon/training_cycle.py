@@ -28,16 +28,12 @@ from daemon.settings import Settings
 from daemon.trainer_process import report
 from storage import events_repo, registry
 from storage.db import make_engine, session_scope
-from storage.models import AdapterVersion, CatalogItem
+from storage.models import AdapterVersion
 
 log = logging.getLogger(__name__)
 
 # Events read per cycle: the newest ones, enough for `train_max_groups` result pages of ~10 items.
 EVENTS_PER_GROUP = 12
-
-
-def catalog_text(item: CatalogItem) -> str:
-    return product_text(item.model_dump())
 
 
 def load_groups(settings: Settings, engine: Engine) -> tuple[list[QueryGroup], list[QueryGroup], datetime | None]:
@@ -47,7 +43,7 @@ def load_groups(settings: Settings, engine: Engine) -> tuple[list[QueryGroup], l
         newest = events_repo.latest_ingested_at(session=s)
         events = events_repo.recent_feedback(session=s, limit=settings.train_max_groups * EVENTS_PER_GROUP)
         catalog = events_repo.catalog_items(session=s, item_ids=sorted({e.item_id for e in events}))
-    texts = {item_id: catalog_text(item) for item_id, item in catalog.items()}
+    texts = {item_id: product_text(item.model_dump()) for item_id, item in catalog.items()}
     if cutoff_before is None:
         return dataset.build_groups([e.model_dump() for e in events], texts.get), [], newest
     # A result page whose events straddle the cutoff splits in two partial groups: rare, and harmless.
