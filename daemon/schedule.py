@@ -43,7 +43,10 @@ class TrainingCoordinator:
         self.state = CoordinatorState()
 
     def request(self, trigger: str) -> str:
-        """Ask for a run. Returns started | queued | dropped | cooldown | closed."""
+        """Ask for a run. Returns started | queued | dropped | cooldown | closed.
+
+        A drift trigger takes over a queued scheduled run (one run follows either way).
+        """
         with self._lock:
             if self._closed:
                 return "closed"
@@ -56,6 +59,12 @@ class TrainingCoordinator:
             if self.state.queued is None:
                 self.state.queued = trigger
                 log.info("training %s running; %s trigger queued to run after it", self.state.running, trigger)
+                return "queued"
+            if trigger == "drift" and self.state.queued == "schedule":
+                # The queued run trains on the same newest data either way; naming it after the drift
+                # keeps the record honest and starts the drift cooldown when it runs.
+                self.state.queued = "drift"
+                log.info("queued schedule run relabelled as a drift run")
                 return "queued"
             self.state.dropped += 1
             log.info("training running and one queued already; %s trigger dropped", trigger)

@@ -99,3 +99,17 @@ def test_scheduler_runs_jobs_on_their_intervals():
     finally:
         sched.shutdown()
     assert hits["retrain"] >= 3 and hits["drift"] >= 2
+
+
+def test_a_drift_trigger_takes_over_a_queued_scheduled_run():
+    cycle = GatedCycle()
+    coord = TrainingCoordinator(cycle, drift_cooldown_s=0)
+    assert coord.request("schedule") == "started"
+    assert cycle.entered.acquire(timeout=5)
+    assert coord.request("schedule") == "queued"
+    assert coord.request("drift") == "queued"  # relabelled, not dropped
+    assert coord.request("drift") == "dropped"
+    cycle.release.set()
+    assert coord.wait_idle(10)
+    assert cycle.ran == ["schedule", "drift"]
+    assert coord.state.last_drift_start is not None
