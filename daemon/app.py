@@ -113,8 +113,7 @@ class Application:
                 engine.dispose()
                 raise StartupCheckFailed(f"base model folder {path} has no config.json: set RANKTUNE_BASE_MODEL "
                                          "to a local Hugging Face model folder")
-        if {"ingest", "scheduler"} & set(self.roles) or "serve" in self.roles:
-            self._check_broker()
+        self._check_broker()  # every role talks to Kafka: ingest, the control topic, promotion notices
         s.artifacts_dir.mkdir(parents=True, exist_ok=True)
         return engine
 

@@ -84,12 +84,6 @@ def unseen_shares(reference_queries: Sequence[str], reference_items: Iterable[st
     return unseen_item, unseen_term
 
 
-def split_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of range(n) in two halves (for noise floors)."""
-    idx = np.random.default_rng(seed).permutation(n)
-    return idx[: n // 2], idx[n // 2:]
-
-
 def finite_or_none(x: float) -> float | None:
     return None if x is None or math.isnan(x) or math.isinf(x) else float(x)
 

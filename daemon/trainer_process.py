@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -127,7 +126,3 @@ def report(conn: Connection, kind: str, **payload: Any) -> None:
     """Child side: send a message to the parent; a vanished parent is not the child's problem."""
     with contextlib.suppress(BrokenPipeError, OSError):
         conn.send({"type": kind, **payload})
-
-
-def stop_requested(event: MpEvent) -> Callable[[], bool]:
-    return event.is_set

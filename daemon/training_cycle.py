@@ -156,7 +156,3 @@ def _record_failure(engine: Engine, run_id: int, status: str, error: str, tb: st
     with session_scope(engine) as s:
         registry.finish_run(session=s, run_id=run_id, status=status, error=error if tb is None else f"{error}\n{tb}")
     return {"status": status, "error": error}
-
-
-def summarize_groups(groups: Sequence[QueryGroup]) -> dict[str, int]:
-    return {"groups": len(groups), "pairs": sum(len(g.item_ids) for g in groups)}
