@@ -73,6 +73,7 @@ class TrainConfig:
 
     loss: str = "listwise"
     learning_rate: float = 5e-4
+    head_lr_scale: float = 10.0  # the head starts at zero (see Ranker.new_adapter) and must grow fast
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     groups_per_step: int = 8
@@ -89,6 +90,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.loss in LOSSES, f"loss must be one of {LOSSES}")
         _check(self.learning_rate > 0, "learning_rate must be > 0")
+        _check(self.head_lr_scale > 0, "head_lr_scale must be > 0")
         _check(self.weight_decay >= 0, "weight_decay must be >= 0")
         _check(0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")
         _check(self.groups_per_step >= 1, "groups_per_step must be >= 1")

@@ -5,6 +5,17 @@ the LoRA weights and the head together. A PeftModel cannot exist without an adap
 holds a reserved, never-active rank-1 adapter; "no adapter" (`None`) runs the base with every adapter
 disabled: cosine of pooled embeddings for a sentence encoder, the base's own head for a cross-encoder.
 
+Every adapter starts exactly where the base is, so training can only move away from a known-good
+ranker and early stopping can always fall back to it:
+- on a cross-encoder base, LoRA starts at zero (peft's B = 0) and the head is the base's own;
+- on a sentence-encoder base, an adapter scores `RESIDUAL_SCALE * zero-shot cosine + head logit`, with
+  the head initialised at zero. The cross-encoder learns a correction to the zero-shot ranking rather
+  than a ranking from nothing (a head trained from scratch on click logs lost to the zero-shot cosine
+  in every CPU-sized run). The base's embeddings are frozen, so they are cached per text, across
+  adapters and swaps.
+The scoring rule travels with an adapter's config (`ranktune_scoring`); a ranker refuses an adapter
+whose rule is not its own.
+
 A Ranker is shared by one scoring thread and an occasional swapper, so every public method takes one
 re-entrant lock: a swap never lands in the middle of a batch.
 """
@@ -16,6 +27,7 @@ import enum
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -28,7 +40,7 @@ from adapters.base import LoadedBase, default_lora_targets, load_base
 from adapters.config import LoraSpec, ModelSpec
 from adapters.errors import AdapterMismatch, AdapterNameTaken, AdapterNotFound
 
-__all__ = ["ACTIVE", "Ranker"]
+__all__ = ["ACTIVE", "RESIDUAL_SCALE", "Ranker"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +52,12 @@ class _Active(enum.Enum):
 ACTIVE: Final = _Active.ACTIVE
 """Sentinel for `Ranker.score(adapter=...)`: use whatever adapter is active."""
 
+RESIDUAL_SCALE: Final = 5.0
+"""Weight of the zero-shot cosine in an adapter's score on a sentence-encoder base. Cosines of related
+products differ by 0.1-0.3, so this puts them 0.5-1.5 logits apart: a ranking the head can correct."""
+
+_SCORING_KEY = "ranktune_scoring"
+_EMBED_CACHE_SIZE = 20_000  # frozen base embeddings kept (384 floats each for MiniLM: about 30 MB)
 _RESERVED = "__zero_shot__"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 _FINAL_HEADS = ("classifier", "score")
@@ -59,6 +77,7 @@ class Ranker:
         targets = lora.target_modules or default_lora_targets(base.model)
         self._targets: list[str] | None = list(targets) if targets else None
         self._exclude = self._head_children(base.model)
+        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
         reserved = self._lora_config(r=1, modules_to_save=[])
         self._peft: PeftModel = get_peft_model(base.model, reserved, adapter_name=_RESERVED)
         self._peft.eval()
@@ -86,32 +105,41 @@ class Ranker:
     def device(self) -> torch.device:
         return self.base.device
 
-    def new_adapter(self, name: str) -> None:
-        """Add a fresh adapter for training: LoRA initialised by peft (B = 0) and a fresh head.
+    @property
+    def scoring(self) -> str:
+        """How an adapter's score is formed on this base (recorded in, and checked against, its config)."""
+        return f"cosine*{RESIDUAL_SCALE:g}+head" if self.base.is_sentence_encoder else "head"
 
-        For an embedding base the head is re-drawn from the global torch RNG (seed it first), so a run
-        is reproducible across processes; a cross-encoder starts from its own trained head.
+    def new_adapter(self, name: str) -> None:
+        """Add a fresh adapter for training; it scores exactly like the base until it is trained.
+
+        LoRA is initialised by peft (B = 0). A cross-encoder keeps its own trained head; on an embedding
+        base the final head layer is zeroed, so the score is the scaled zero-shot cosine alone.
         """
         with self._lock:
             self._claim(name)
             self._peft.add_adapter(name, self._lora_config(self.lora.r, modules_to_save=None))
             if self.base.is_sentence_encoder:
-                std = float(getattr(self.base.model.config, "initializer_range", 0.02))
-                for head in self._final_head_copies(name):
-                    for mod in head.modules():
-                        if isinstance(mod, torch.nn.Linear):
-                            torch.nn.init.normal_(mod.weight, std=std)
-                            if mod.bias is not None:
-                                torch.nn.init.zeros_(mod.bias)
+                with torch.no_grad():
+                    for head in self._final_head_copies(name):
+                        for mod in head.modules():
+                            if isinstance(mod, torch.nn.Linear):
+                                mod.weight.zero_()
+                                if mod.bias is not None:
+                                    mod.bias.zero_()
             self._restore_peft_active()
 
     def add_adapter(self, name: str, state: dict[str, torch.Tensor], peft_config: dict[str, Any]) -> None:
         """Add a trained adapter from its weights and config (as `adapter_state`/`peft_config` give them).
 
         Uses peft's `set_peft_model_state_dict`, never a from-disk loader. The weights must fit exactly
-        (same keys and shapes); otherwise AdapterMismatch and nothing is added.
+        (same keys and shapes) and its scoring rule must be this ranker's; otherwise AdapterMismatch and
+        nothing is added.
         """
         with self._lock:
+            scoring = peft_config.get(_SCORING_KEY)
+            if scoring != self.scoring:
+                raise AdapterMismatch(f"adapter {name} scores as {scoring!r}; this ranker as {self.scoring!r}")
             self._claim(name)
             cfg = _config_from_dict(peft_config)
             try:
@@ -168,6 +196,7 @@ class Ranker:
         out = {k: _jsonable(v) for k, v in raw.items()}
         out["inference_mode"] = True
         out["base_model_name_or_path"] = self.base.model_id
+        out[_SCORING_KEY] = self.scoring
         return out
 
     # ----- scoring --------------------------------------------------------------------------------
@@ -192,8 +221,11 @@ class Ranker:
                 out = self._zero_shot(queries, texts)
             else:
                 self._require(name)
+                residual = self._residual(queries, texts)  # before the switch: it runs the bare base
                 with self._peft_active(name):
                     out = self._batched_logits(queries, texts)
+                if residual is not None:
+                    out = out + residual
             return out.float().cpu().numpy()
 
     # ----- training hooks (used by adapters.training) ---------------------------------------------
@@ -222,7 +254,9 @@ class Ranker:
         """Logits with gradients for the adapter in `training` (one forward, no batching)."""
         if self._training is None:
             raise RuntimeError("train_logits outside Ranker.training()")
-        return self._pair_logits(list(queries), list(texts))
+        residual = self._residual(list(queries), list(texts))
+        logits = self._pair_logits(list(queries), list(texts))
+        return logits if residual is None else logits + residual
 
     # ----- internals ------------------------------------------------------------------------------
 
@@ -324,20 +358,36 @@ class Ranker:
         return torch.cat([self._pair_logits(queries[i : i + b], texts[i : i + b]) for i in range(0, len(queries), b)])
 
     def _zero_shot(self, queries: list[str], texts: list[str]) -> torch.Tensor:
+        if self.base.is_sentence_encoder:
+            return self._cosine(queries, texts)
         with self._peft.disable_adapter():
-            if not self.base.is_sentence_encoder:
-                out = self._batched_logits(queries, texts)
-            else:
-                uq = list(dict.fromkeys(queries))
-                ut = list(dict.fromkeys(texts))
-                qpos = {q: i for i, q in enumerate(uq)}
-                tpos = {t: i for i, t in enumerate(ut)}
-                qe, te = self._embed(uq), self._embed(ut)
-                qi = torch.tensor([qpos[q] for q in queries], device=qe.device)
-                ti = torch.tensor([tpos[t] for t in texts], device=te.device)
-                out = (qe[qi] * te[ti]).sum(dim=1)
+            out = self._batched_logits(queries, texts)
         self._restore_peft_active()  # disable_adapter's exit marks the active adapter trainable again
         return out
+
+    def _residual(self, queries: list[str], texts: list[str]) -> torch.Tensor | None:
+        """The zero-shot part of an adapter's score (None on a cross-encoder base); never has gradients."""
+        if not self.base.is_sentence_encoder:
+            return None
+        with torch.no_grad():
+            return RESIDUAL_SCALE * self._cosine(queries, texts)
+
+    def _cosine(self, queries: list[str], texts: list[str]) -> torch.Tensor:
+        """Cosine of the bare base's pooled embeddings, per pair; embeddings come from the cache."""
+        cache = self._embeddings
+        missing = [t for t in dict.fromkeys([*queries, *texts]) if t not in cache]
+        if missing:
+            with self._eval_mode(), torch.no_grad(), self._peft.disable_adapter():
+                fresh = self._embed(missing)
+            self._restore_peft_active()  # disable_adapter's exit marks the active adapter trainable again
+            cache.update(zip(missing, fresh, strict=True))
+        for t in (*queries, *texts):
+            cache.move_to_end(t)
+        qe = torch.stack([cache[q] for q in queries])
+        te = torch.stack([cache[t] for t in texts])
+        while len(cache) > _EMBED_CACHE_SIZE:
+            cache.popitem(last=False)
+        return (qe * te).sum(dim=1)
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         body = getattr(self._peft.get_base_model(), self.base.model.base_model_prefix)
@@ -372,6 +422,7 @@ def _config_from_dict(d: dict[str, Any]) -> LoraConfig:
     clean = dict(d)
     clean.pop("peft_type", None)
     clean.pop("base_model_name_or_path", None)  # provenance only; peft would look for a folder there
+    clean.pop(_SCORING_KEY, None)  # ranktune's own; checked by Ranker.add_adapter
     clean["inference_mode"] = True
     try:
         return LoraConfig(**clean)

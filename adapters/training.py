@@ -80,12 +80,20 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def _param_groups(ranker: Ranker, params: list[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    # No decay on biases and norms, as usual for AdamW.
+def _param_groups(ranker: Ranker, params: list[torch.nn.Parameter], cfg: TrainConfig) -> list[dict[str, Any]]:
+    # No decay on biases and norms, as usual for AdamW. The head (peft's modules_to_save copies) learns
+    # `head_lr_scale` times faster than LoRA: it starts at zero. Measured on 480 post-drift click pages,
+    # one epoch: holdout NDCG@10 0.618 zero-shot, 0.630 with one learning rate, 0.655 with the head at 10x.
     names = {id(p): n for n, p in ranker.model.named_parameters()}
-    decay = [p for p in params if p.ndim > 1 and "norm" not in names[id(p)].lower()]
-    rest = [p for p in params if not (p.ndim > 1 and "norm" not in names[id(p)].lower())]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    groups = []
+    for is_head in (False, True):
+        lr = cfg.learning_rate * (cfg.head_lr_scale if is_head else 1.0)
+        mine = [p for p in params if ("modules_to_save" in names[id(p)]) == is_head]
+        decay = [p for p in mine if p.ndim > 1 and "norm" not in names[id(p)].lower()]
+        rest = [p for p in mine if not (p.ndim > 1 and "norm" not in names[id(p)].lower())]
+        groups += [{"params": decay, "weight_decay": cfg.weight_decay, "lr": lr},
+                   {"params": rest, "weight_decay": 0.0, "lr": lr}]
+    return [g for g in groups if g["params"]]
 
 
 def train(
@@ -137,7 +145,7 @@ def train(
     losses_since_eval: list[float] = []
 
     with ranker.training(adapter_name) as params:
-        optimizer = torch.optim.AdamW(_param_groups(ranker, params, cfg.weight_decay), lr=cfg.learning_rate)
+        optimizer = torch.optim.AdamW(_param_groups(ranker, params, cfg), lr=cfg.learning_rate)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
         def record(epoch: int) -> EvalResult:

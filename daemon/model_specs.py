@@ -26,6 +26,7 @@ def lora_spec(settings: Settings) -> LoraSpec:
 def train_config(settings: Settings) -> TrainConfig:
     return TrainConfig(
         loss=settings.train_loss, learning_rate=settings.train_learning_rate,
+        head_lr_scale=settings.train_head_lr_scale,
         weight_decay=settings.train_weight_decay, warmup_ratio=settings.train_warmup_ratio,
         groups_per_step=settings.train_groups_per_step, max_items_per_group=settings.train_max_items_per_group,
         epochs=settings.train_epochs, grad_clip=settings.train_grad_clip,

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # --- Training --------------------------------------------------------------------------------
     train_loss: LossName = Field("listwise", description="Ranking loss: listwise, pairwise or pointwise (BCE).")
     train_learning_rate: float = Field(5e-4, gt=0, description="AdamW peak learning rate.")
+    train_head_lr_scale: float = Field(
+        10.0, gt=0, description="Learning rate of the scoring head (and pooler) relative to LoRA's."
+    )
     train_weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     train_warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps of linear warm-up.")
     train_groups_per_step: int = Field(8, ge=1, description="Query groups per optimisation step.")

@@ -31,7 +31,10 @@ from tests.fixtures.training import small_training
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.broker]
 
 TOKEN = "daemon-test-token"
-SIM = SimConfig(seed=9, n_items=120, n_events=7500, drift_at=0.6)
+SIM = SimConfig(seed=9, n_items=120, n_events=18000, drift_at=0.4)
+# Enough post-drift pages (about 540) for a holdout on which a real gain is distinguishable from click noise.
+E2E_TRAINING = dict(train_max_groups=520, train_epochs=1, train_eval_every_steps=15, train_learning_rate=5e-4,
+                    train_max_seconds=420)
 
 
 def _feedback(records: list[SimRecord]) -> int:
@@ -96,9 +99,9 @@ def _ndcg(url: str, queries: list[dict[str, Any]]) -> tuple[float, set[str]]:
 
 
 @pytest.mark.timeout(900)
-def test_drift_triggers_a_gated_retrain_that_never_lowers_served_ndcg(daemon, traffic):
+def test_drift_triggers_a_retrain_that_is_promoted_and_serves_better_rankings(daemon, traffic):
     first, second, post = traffic
-    app, case = daemon()
+    app, case = daemon(**E2E_TRAINING)
     assert app.serve is not None and app.coordinator is not None and app.drift_check is not None
     post_queries = eval_judgements(SIM, "post", n_queries=24, candidates=20)
 
@@ -126,7 +129,7 @@ def test_drift_triggers_a_gated_retrain_that_never_lowers_served_ndcg(daemon, tr
         fired = registry.recent_drift(session=s, limit=1)[0]
     assert fired.fired, fired.reasons
     assert any("retrain requested: started" in r for r in fired.reasons)
-    assert app.coordinator.wait_idle(600)
+    assert app.coordinator.wait_idle(700)
     with session_scope(app.engine) as s:
         run = registry.recent_runs(session=s, limit=1)[0]
         champion = registry.champion(session=s)
@@ -135,18 +138,14 @@ def test_drift_triggers_a_gated_retrain_that_never_lowers_served_ndcg(daemon, tr
     gate = run.gate or {}
     assert gate["compared_with"] == pre_champion  # judged against what shoppers were getting
     assert gate["ndcg_gain"] == pytest.approx(gate["candidate_ndcg"] - gate["champion_ndcg"])
-    if gate["passed"]:  # promoted, hot-swapped, and better on the new taste
-        assert champion == run.candidate_version != pre_champion
-        assert audit[0].action == "auto_promote" and audit[0].to_version == champion
-        wait_until(lambda: app.serve.scorer.version == champion, 30, "the hot-swap")
-        ndcg_after, served = _ndcg(app.serve.url, post_queries)
-        assert served == {champion}
-        assert ndcg_after > ndcg_before, (ndcg_before, ndcg_after)
-    else:  # refused: the champion keeps serving, quality unchanged
-        assert champion == pre_champion and not [a for a in audit if a.to_version == run.candidate_version]
-        ndcg_after, served = _ndcg(app.serve.url, post_queries)
-        assert served == {pre_champion}
-        assert ndcg_after == pytest.approx(ndcg_before, abs=1e-9)
+    assert gate["passed"], gate["reasons"]  # promoted, hot-swapped, and better on the new taste
+    assert champion == run.candidate_version != pre_champion
+    assert audit[0].action == "auto_promote" and audit[0].to_version == champion
+    wait_until(lambda: app.serve.scorer.version == champion, 30, "the hot-swap")
+    ndcg_after, served = _ndcg(app.serve.url, post_queries)
+    assert served == {champion}
+    # judged on ground truth the gate never saw: the simulator's hidden grades for unseen post-drift queries
+    assert ndcg_after > ndcg_before, (ndcg_before, ndcg_after)
 
 
 @pytest.mark.timeout(400)

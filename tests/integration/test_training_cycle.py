@@ -71,9 +71,10 @@ def test_train_once_registers_a_gated_candidate(stocked: Engine, db_url: str,
 
 def test_a_worse_candidate_is_refused_and_never_served(stocked: Engine, db_url: str,
                                                        training_settings: Callable[..., Settings]):
-    # No time to train: the kept checkpoint is the untrained head, far below the zero-shot base.
+    # A fresh adapter scores exactly like the base, so a worse one is made on purpose: a random head and
+    # no time to train, so the kept checkpoint is that head, below the zero-shot base.
     settings = training_settings(db_url, train_max_seconds=0.01)
-    outcome = TrainerProcess(settings, stocked).run("manual")
+    outcome = TrainerProcess(settings, stocked, target="tests.integration.crash_targets:noisy_head").run("manual")
     assert outcome.status == "succeeded" and outcome.gate is not None
     assert outcome.gate["passed"] is False
     assert outcome.gate["ndcg_gain"] < 0

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from adapters.errors import AdapterMismatch, AdapterNameTaken, AdapterNotFound
+from adapters.ranker import RESIDUAL_SCALE
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +38,21 @@ def test_zero_shot_is_cosine_of_sentence_embeddings(load_ranker: Callable[..., A
     emb = model.encode([QUERY, *TEXTS], normalize_embeddings=True)
     expected = emb[1:] @ emb[0]
     np.testing.assert_allclose(ranker.score(QUERY, TEXTS, adapter=None), expected, atol=1e-4)
+
+
+def test_a_fresh_adapter_scores_like_the_zero_shot_base(load_ranker: Callable[..., Any]) -> None:
+    ranker = load_ranker("nf4")
+    ranker.new_adapter("fresh")
+    zero = ranker.score(QUERY, TEXTS, adapter=None)
+    fresh = ranker.score(QUERY, TEXTS, adapter="fresh")
+    np.testing.assert_allclose(fresh, RESIDUAL_SCALE * zero, atol=1e-5)
+    assert ranker.peft_config("fresh")["ranktune_scoring"] == ranker.scoring == f"cosine*{RESIDUAL_SCALE:g}+head"
+    # a trained head moves the score away from the base, by its own logit only
+    state = ranker.adapter_state("fresh")
+    state["base_model.model.classifier.bias"] = state["base_model.model.classifier.bias"] + 0.5
+    ranker.load_state("fresh", state)
+    np.testing.assert_allclose(ranker.score(QUERY, TEXTS, adapter="fresh"), RESIDUAL_SCALE * zero + 0.5, atol=1e-5)
+    ranker.delete_adapter("fresh")
 
 
 def test_switching_adapters_switches_lora_and_head(load_ranker: Callable[..., Any]) -> None:
@@ -107,5 +123,10 @@ def test_add_adapter_refuses_weights_that_do_not_fit(load_ranker: Callable[..., 
         ranker.add_adapter("fit_shape", wrong, cfg)
     with pytest.raises(AdapterMismatch, match="LoRA"):
         ranker.add_adapter("fit_type", state, {**cfg, "peft_type": "IA3"})
+    for rule in (None, "head"):  # no rule recorded, or another base's rule: refused before anything is added
+        other = {k: v for k, v in cfg.items() if k != "ranktune_scoring"} | ({"ranktune_scoring": rule} if rule else {})
+        with pytest.raises(AdapterMismatch, match="scores as"):
+            ranker.add_adapter("fit_rule", state, other)
+    assert "fit_rule" not in ranker.adapter_names
     ranker.add_adapter("fit_ok", state, cfg)
     assert "fit_ok" in ranker.adapter_names
