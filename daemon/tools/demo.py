@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DemoConfig:
     out: Path = Path("demo-output")
-    duration_s: float = 480.0
+    duration_s: float = 660.0
     seed: int = 7
     n_items: int = 300
     n_events: int = 36000
@@ -70,7 +70,7 @@ def demo_settings(base: Settings, cfg: DemoConfig, bootstrap: str) -> Settings:
         database_url=f"sqlite:///{(cfg.out / 'ranktune.db').resolve()}",
         artifacts_dir=(cfg.out / "artifacts").resolve(),
         api_host="127.0.0.1", api_port=free_port(), api_token=secrets.token_urlsafe(16),
-        retrain_interval_s=30.0, retrain_min_events=1500, drift_interval_s=15.0, drift_cooldown_s=120.0,
+        retrain_interval_s=30.0, retrain_min_events=1500, drift_interval_s=30.0, drift_cooldown_s=120.0,
         drift_window_events=3000, drift_min_events=600, train_max_seconds=240.0, train_max_groups=500,
         train_epochs=1, train_eval_every_steps=15, reconcile_interval_s=5.0, stats_interval_s=60.0,
         shutdown_grace_s=5.0, roles=["ingest", "scheduler", "serve"],
