@@ -26,18 +26,22 @@ def synthetic_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(weights, peft_config) of a seeded random adapter; the ranker is left as it was."""
     name = f"synthetic_{seed}_{uuid.uuid4().hex[:12]}"
-    torch.manual_seed(seed)  # new_adapter draws the head from the global RNG
+    torch.manual_seed(seed)  # peft draws LoRA A from the global RNG
     ranker.new_adapter(name)
     try:
         state = ranker.adapter_state(name)
         config = ranker.peft_config(name)
     finally:
         ranker.delete_adapter(name)
+    return perturbed(state, seed, scale=scale), config
+
+
+def perturbed(state: dict[str, torch.Tensor], seed: int, *, scale: float) -> dict[str, torch.Tensor]:
+    """`state` with seeded Gaussian noise of std `scale` added to its LoRA B matrices and head."""
     gen = torch.Generator().manual_seed(seed)
-    for key, value in state.items():
-        if "lora_B" in key or "classifier" in key:
-            state[key] = value + scale * torch.randn(value.shape, generator=gen, dtype=value.dtype)
-    return state, config
+    return {key: value + scale * torch.randn(value.shape, generator=gen, dtype=value.dtype)
+            if "lora_B" in key or "classifier" in key else value
+            for key, value in state.items()}
 
 
 def make_version(ranker: Ranker, *, engine: Engine, artifacts_dir: Path, seed: int, version: str | None = None,

@@ -29,26 +29,20 @@ def raise_inside(settings: Settings, run_id: int, trigger: str, stop: MpEvent, c
 
 
 def noisy_head(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
-    """A real training cycle whose fresh adapters start from a random head instead of zero.
+    """A real training cycle whose fresh adapters start from random weights instead of the base.
 
-    With no time to train, the kept checkpoint is that head: noise added to the zero-shot score, a
-    candidate measurably worse than the base, produced and gated by the real pipeline.
+    With no time to train, the kept checkpoint is that noise added to the zero-shot score: a candidate
+    measurably worse than the base, produced and gated by the real pipeline.
     """
-    import torch
-
     from adapters.ranker import Ranker
     from daemon import training_cycle
+    from daemon.tools.synthetic_adapters import perturbed
 
     plain_new_adapter = Ranker.new_adapter
 
     def new_adapter(self: Ranker, name: str) -> None:
         plain_new_adapter(self, name)
-        state = self.adapter_state(name)
-        generator = torch.Generator().manual_seed(run_id)
-        for key, value in state.items():
-            if "classifier" in key:
-                state[key] = torch.randn(value.shape, generator=generator) * 0.5
-        self.load_state(name, state)
+        self.load_state(name, perturbed(self.adapter_state(name), run_id, scale=0.5))
 
     Ranker.new_adapter = new_adapter  # type: ignore[method-assign]
     training_cycle.child_main(settings, run_id, trigger, stop, conn)
