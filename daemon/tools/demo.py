@@ -71,8 +71,9 @@ def demo_settings(base: Settings, cfg: DemoConfig, bootstrap: str) -> Settings:
         artifacts_dir=(cfg.out / "artifacts").resolve(),
         api_host="127.0.0.1", api_port=free_port(), api_token=secrets.token_urlsafe(16),
         retrain_interval_s=30.0, retrain_min_events=1500, drift_interval_s=30.0, drift_cooldown_s=120.0,
-        drift_window_events=3000, drift_min_events=600, train_max_seconds=240.0, train_max_groups=500,
-        train_epochs=1, train_eval_every_steps=15, reconcile_interval_s=5.0, stats_interval_s=60.0,
+        drift_window_events=3000, drift_min_events=600, train_max_seconds=300.0, train_max_groups=500,
+        train_epochs=1, train_eval_every_steps=15, max_seq_len=64, train_max_items_per_group=12,
+        reconcile_interval_s=5.0, stats_interval_s=60.0,
         shutdown_grace_s=5.0, roles=["ingest", "scheduler", "serve"],
     )
     return base.model_copy(update=overrides)
