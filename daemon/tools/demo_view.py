@@ -142,9 +142,14 @@ def _plot(state: DemoState, drift: list[dict[str, Any]], cfg: DemoConfig) -> Non
     ax1.legend(loc="lower left", fontsize=8)
     ax1.set_title("served ranking quality")
     idx = list(range(len(drift)))
-    ax2.plot(idx, [d["psi"] for d in drift], "o-", label="score PSI")
-    ax2.plot(idx, [d["term_js"] for d in drift], "s-", label="query-term JS")
-    ax2.plot(idx, [max(d["unseen_item"] or 0, d["unseen_term"] or 0) for d in drift], "^-", label="unseen share")
+    # A report without a recent window (no traffic since the champion's training data) has no
+    # statistics: a gap in the line, not a zero.
+    nan = float("nan")
+    unseen = [nan if d["unseen_item"] is None and d["unseen_term"] is None
+              else max(d["unseen_item"] or 0, d["unseen_term"] or 0) for d in drift]
+    ax2.plot(idx, [nan if d["psi"] is None else d["psi"] for d in drift], "o-", label="score PSI")
+    ax2.plot(idx, [nan if d["term_js"] is None else d["term_js"] for d in drift], "s-", label="query-term JS")
+    ax2.plot(idx, unseen, "^-", label="unseen share")
     for i, d in enumerate(drift):
         if d["fired"]:
             ax2.axvline(i, color="red", alpha=0.2)

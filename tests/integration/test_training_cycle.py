@@ -12,10 +12,12 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from adapters import artifacts
+from adapters.ranker import Ranker
 from daemon import cli
 from daemon.promotion import auto_promote
 from daemon.settings import Settings
-from daemon.trainer_process import TrainerProcess
+from daemon.tools.synthetic_adapters import make_version
+from daemon.trainer_process import CycleOutcome, TrainerProcess
 from storage import registry
 from storage.db import make_engine, session_scope, upgrade
 from tests.fixtures.training import store_records
@@ -43,7 +45,7 @@ def test_train_once_registers_a_gated_candidate(stocked: Engine, db_url: str,
                                                 training_settings: Callable[..., Settings],
                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     # a valid gated candidate is what this checks, not a good one: a short run keeps CI fast
-    settings = training_settings(db_url, train_max_groups=120, train_epochs=1)
+    settings = training_settings(db_url, train_max_groups=60, train_epochs=1)
     _set_env(monkeypatch, settings)
     assert cli.main(["train", "--once", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -73,7 +75,7 @@ def test_a_worse_candidate_is_refused_and_never_served(stocked: Engine, db_url: 
                                                        training_settings: Callable[..., Settings]):
     # A fresh adapter scores exactly like the base, so a worse one is made on purpose: a random head and
     # no time to train, so the kept checkpoint is that head, below the zero-shot base.
-    settings = training_settings(db_url, train_max_seconds=0.01)
+    settings = training_settings(db_url, train_max_seconds=0.01, train_max_groups=120)
     outcome = TrainerProcess(settings, stocked, target="tests.integration.crash_targets:noisy_head").run("manual")
     assert outcome.status == "succeeded" and outcome.gate is not None
     assert outcome.gate["passed"] is False
@@ -86,18 +88,24 @@ def test_a_worse_candidate_is_refused_and_never_served(stocked: Engine, db_url: 
         assert not [a for a in registry.audit_log(session=s) if a.action in ("promote", "auto_promote")]
 
 
-def test_promotion_is_skipped_when_the_champion_moved_during_training(stocked: Engine, db_url: str,
-                                                                      training_settings: Callable[..., Settings]):
-    settings = training_settings(db_url, train_max_seconds=0.01)
-    outcome = TrainerProcess(settings, stocked).run("manual")
-    assert outcome.candidate_version is not None and outcome.gate is not None
-    # a verdict against a champion that is no longer the champion (an operator moved it meanwhile)
-    outcome.gate.update(passed=True, compared_with="v0999")
-    assert auto_promote(outcome, settings=settings, engine=stocked) is None
-    with session_scope(stocked) as s:
+def test_promotion_is_skipped_when_the_champion_moved_during_training(
+        db_url: str, training_settings: Callable[..., Settings], load_ranker: Callable[..., Ranker]):
+    # What a training run leaves (a registered candidate and its gate verdict), without the training:
+    # the rule under test is auto_promote's, which never looks at how the candidate was made.
+    engine = make_engine(db_url)
+    upgrade(engine)
+    settings = training_settings(db_url)
+    version = make_version(load_ranker("nf4"), engine=engine, artifacts_dir=settings.artifacts_dir, seed=3)
+    # a passing verdict against a champion that is no longer the champion (an operator moved it meanwhile)
+    outcome = CycleOutcome(run_id=1, trigger="manual", status="succeeded", candidate_version=version,
+                           gate={"passed": True, "compared_with": "v0999", "ndcg_gain": 0.05, "reasons": []})
+    assert auto_promote(outcome, settings=settings, engine=engine) is None
+    with session_scope(engine) as s:
         assert registry.champion(session=s) == "base"
+        assert registry.get_version(session=s, version=version).status == "candidate"
         last = registry.audit_log(session=s, limit=1)[0]
-        assert last.action == "skip_promote" and "v0999" in (last.reason or "")
+        assert last.action == "skip_promote" and last.to_version == version and "v0999" in (last.reason or "")
+    engine.dispose()
 
 
 @pytest.mark.parametrize("target", ["die_mid_write", "raise_inside"])
