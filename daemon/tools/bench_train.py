@@ -119,7 +119,8 @@ def measure(quantizations: list[str], device: str, base_model: str | None, opts:
             proc = ctx.Process(target=_one, args=(q, scale, device, base_model, opts, child))
             proc.start()
             child.close()
-            results.append(parent.recv() if parent.poll(3600) else {"quantization": q, "error": "no result"})
+            results.append(parent.recv() if parent.poll(3600)
+                           else {"quantization": q, "head_lr_scale": scale, "error": "no result"})
             proc.join()
     return {"device": device, "options": opts, "results": results}
 

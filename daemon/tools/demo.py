@@ -61,6 +61,11 @@ class DemoConfig:
     eval_candidates: int = 20
     eval_every_s: float = 60.0
 
+    def sim(self) -> SimConfig:
+        """The simulated shop (its traffic and its ground-truth judgements) this demo produces."""
+        return SimConfig(seed=self.seed, n_items=self.n_items, n_events=self.n_events, drift_at=self.drift_at,
+                         events_per_s=self.events_per_s)
+
 
 @dataclass
 class DemoState:
@@ -106,7 +111,7 @@ class ShopEvaluator:
     """NDCG@10 of whatever the API serves, on the simulator's judged queries (pre- and post-drift)."""
 
     def __init__(self, cfg: DemoConfig, url: str) -> None:
-        sim = SimConfig(seed=cfg.seed, n_items=cfg.n_items, n_events=cfg.n_events, drift_at=cfg.drift_at)
+        sim = cfg.sim()
         self.queries = {phase: eval_judgements(sim, phase, n_queries=cfg.eval_queries, candidates=cfg.eval_candidates)
                         for phase in ("pre", "post")}
         self.client = httpx.Client(base_url=url, timeout=120)
@@ -173,11 +178,8 @@ def run_demo(cfg: DemoConfig, settings: Settings, *, stop: threading.Event, live
 
 
 def _produce(cfg: DemoConfig, settings: Settings, state: DemoState, stop: threading.Event) -> None:
-    sim = SimConfig(seed=cfg.seed, n_items=cfg.n_items, n_events=cfg.n_events, drift_at=cfg.drift_at,
-                    events_per_s=cfg.events_per_s)
-
     def records() -> Any:
-        for rec in generate(sim):
+        for rec in generate(cfg.sim()):
             if stop.is_set():
                 return
             if rec.phase == "post" and state.drift_produced_at is None:

@@ -22,8 +22,8 @@ from adapters import artifacts
 from adapters.ranking_metrics import ndcg_at_k
 from daemon.app import Application
 from daemon.tools.broker import EmbeddedBroker, free_port
-from daemon.tools.demo import CONTINUAL_TRAINING
-from daemon.tools.simulate import SimConfig, SimRecord, eval_judgements, generate
+from daemon.tools.demo import CONTINUAL_TRAINING, DemoConfig
+from daemon.tools.simulate import SimRecord, eval_judgements, generate
 from storage import registry
 from storage.db import make_engine, session_scope
 from tests.fixtures.ingest import IngestCase, wait_until
@@ -32,7 +32,8 @@ from tests.fixtures.training import small_training
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.broker]
 
 TOKEN = "daemon-test-token"
-SIM = SimConfig(seed=9, n_items=120, n_events=18000, drift_at=0.4)  # the demo's shop (DemoConfig)
+SIM = DemoConfig().sim()  # the demo's shop (pacing is the sink's: the test produces as fast as it can)
+
 
 def _feedback(records: list[SimRecord]) -> int:
     return sum(1 for r in records if r.kind == "feedback")

@@ -73,8 +73,8 @@ def test_train_once_registers_a_gated_candidate(stocked: Engine, db_url: str,
 
 def test_a_worse_candidate_is_refused_and_never_served(stocked: Engine, db_url: str,
                                                        training_settings: Callable[..., Settings]):
-    # A fresh adapter scores exactly like the base, so a worse one is made on purpose: a random head and
-    # no time to train, so the kept checkpoint is that head, below the zero-shot base.
+    # A fresh adapter scores exactly like the base, so a worse one is made on purpose: noise on its LoRA B
+    # and head and no time to train, so the kept checkpoint is that noise, below the zero-shot base.
     settings = training_settings(db_url, train_max_seconds=0.01, train_max_groups=120)
     outcome = TrainerProcess(settings, stocked, target="tests.integration.crash_targets:noisy_head").run("manual")
     assert outcome.status == "succeeded" and outcome.gate is not None
