@@ -227,7 +227,7 @@ def _head_modules(model: torch.nn.Module) -> tuple[str, ...]:
 
 def load_base(spec: ModelSpec) -> LoadedBase:
     """Load the base from a local folder (never the network), quantized as asked, frozen, in eval mode."""
-    path = Path(spec.base_model)
+    path = spec.base_path
     if not (path / "config.json").is_file():
         raise BaseModelError(f"base model folder {path} does not exist or has no config.json")
     device = resolve_device(spec.device)

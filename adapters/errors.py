@@ -48,10 +48,6 @@ class SwapRefused(AdapterError, RuntimeError):
     """A hot-swap was refused (load failed, probe scores not finite); the old adapter keeps serving."""
 
 
-class InvalidConfig(AdapterError, ValueError):
-    """A model, LoRA, training, split or gate configuration is inconsistent; the message names the field."""
-
-
 class DeviceUnavailable(AdapterError, RuntimeError):
     """The requested device (e.g. cuda) is not available on this machine."""
 

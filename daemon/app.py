@@ -19,20 +19,19 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from adapters.errors import RanktuneError
-from adapters.ranker import Ranker
-from daemon.consumer import Ingestor
-from daemon.control import Reconciler, registered_loader
-from daemon.drift import DriftMonitor, drift_job
 from daemon.errors import StartupCheckFailed
-from daemon.ingest_stats import IngestStats
+from daemon.ingest.consumer import Ingestor
+from daemon.ingest.stats import IngestStats
+from daemon.ingest.writer import bound_sqlite_wait
 from daemon.lifecycle import install_signal_handlers
-from daemon.model_specs import base_model_path, lora_spec, model_spec
-from daemon.promotion import auto_promote
-from daemon.schedule import RetrainScheduler, TrainingCoordinator
-from daemon.scorer import Scorer
-from daemon.serve import ServeRole
+from daemon.serving.control import ControlPublisher
+from daemon.serving.role import ServeRole, start_scorer
 from daemon.settings import Role, Settings
-from daemon.trainer_process import DEFAULT_TARGET, TrainerProcess
+from daemon.training.cycle import child_main
+from daemon.training.drift import DriftMonitor, drift_job
+from daemon.training.promotion import auto_promote
+from daemon.training.schedule import RetrainScheduler, TrainingCoordinator
+from daemon.training.trainer_process import ChildTarget, TrainerProcess
 from storage import events_repo, registry
 from storage.db import ensure_schema, make_engine, session_scope
 
@@ -42,15 +41,21 @@ log = logging.getLogger(__name__)
 class Application:
     """Runs the configured roles until SIGTERM/SIGINT or `stop()`."""
 
-    def __init__(self, settings: Settings, roles: Sequence[Role] | None = None, *,
-                 trainer_target: str = DEFAULT_TARGET) -> None:
+    def __init__(self, settings: Settings, roles: Sequence[Role] | None = None, *, control: bool = True,
+                 create_topics: bool = True, trainer_target: ChildTarget = child_main) -> None:
+        """`control=False`: no control topic (replicas converge by their periodic reconcile only);
+        `create_topics=False`: ingest does not create missing topics; `trainer_target`: the training
+        child's entry point (tests inject failing ones)."""
         self.settings = settings
-        self._trainer_target = trainer_target  # tests inject a failing training child here
+        self._control = control
+        self._create_topics = create_topics
+        self._trainer_target = trainer_target
         self.roles: tuple[Role, ...] = tuple(roles or settings.roles)
         self.stats = IngestStats()
         self._stop = threading.Event()
         self.engine: Engine | None = None
         self.ingestor: Ingestor | None = None
+        self.publisher: ControlPublisher | None = None
         self.serve: ServeRole | None = None
         self.coordinator: TrainingCoordinator | None = None
         self.scheduler: RetrainScheduler | None = None
@@ -85,56 +90,68 @@ class Application:
         s = self.settings
         self.engine = engine = self._checked_engine()
         stack.callback(engine.dispose)
+        if self._control:
+            self.publisher = ControlPublisher(s)
+            stack.callback(self.publisher.close)
         # registered first, so closed last: serve drains after ingest and training have stopped
         if "serve" in self.roles:
-            self.serve = ServeRole(s, engine=engine, ingest_stats=self.stats.snapshot,
-                                   schedule=self.schedule_info).start()
+            self.serve = ServeRole(s, engine=engine, ingest_stats=self.stats.snapshot, schedule=self.schedule_info,
+                                   control=self._control, publisher=self.publisher).start()
             stack.callback(self.serve.stop)
         if "ingest" in self.roles:
-            self.ingestor = Ingestor(s, engine, stats=self.stats)
-            thread = threading.Thread(target=self.ingestor.run, name="ranktune-ingest", daemon=True)
-            thread.start()
-            stack.callback(self._stop_ingest, thread)
+            self._start_ingest(stack)
         if "scheduler" in self.roles:
             self._start_scheduler(stack, engine)
+
+    def _start_ingest(self, stack: ExitStack) -> None:
+        # an engine of its own, whose SQLite lock wait is bounded: a locked database holds the batch and
+        # pauses the partitions instead of stalling the poll loop past max_poll_interval
+        engine = make_engine(self.settings.storage.sqlalchemy_url)
+        stack.callback(engine.dispose)
+        bound_sqlite_wait(engine, min(5.0, self.settings.kafka.max_poll_interval_ms / 4000))
+        self.ingestor = Ingestor(self.settings, engine, stats=self.stats, create_topics=self._create_topics)
+        thread = threading.Thread(target=self.ingestor.run, name="ranktune-ingest", daemon=True)
+        thread.start()
+        stack.callback(self._stop_ingest, thread)
 
     def _checked_engine(self) -> Engine:
         """Start-up checks that fail fast, each naming the fix."""
         s = self.settings
-        engine = make_engine(s.sqlalchemy_url)
+        engine = make_engine(s.storage.sqlalchemy_url)
         try:
             ensure_schema(engine)
         except RanktuneError:
             engine.dispose()
             raise
         if {"serve", "scheduler"} & set(self.roles):
-            path = base_model_path(s)
+            path = s.model.base_path
             if not (path / "config.json").is_file():
                 engine.dispose()
-                raise StartupCheckFailed(f"base model folder {path} has no config.json: set RANKTUNE_BASE_MODEL "
+                raise StartupCheckFailed(f"base model folder {path} has no config.json: set RANKTUNE_MODEL_PATH "
                                          "to a local Hugging Face model folder")
-        self._check_broker()  # every role talks to Kafka: ingest, the control topic, promotion notices
-        s.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        if self._control and {"serve", "scheduler"} & set(self.roles):
+            self._check_broker()  # control notices; ingest alone waits for the broker with back-off
+        s.storage.artifacts_dir.mkdir(parents=True, exist_ok=True)
         return engine
 
     def _check_broker(self) -> None:
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
-        from daemon.kafka_client import client_kwargs
+        from daemon.ingest.kafka_client import client_kwargs
 
         try:
             kwargs = client_kwargs(self.settings, client_id="ranktune-check")
             admin = KafkaAdminClient(request_timeout_ms=10000, **kwargs)
             admin.close()
         except KafkaError as exc:
-            raise StartupCheckFailed(f"Kafka broker at {self.settings.kafka_bootstrap} is not reachable ({exc}): "
+            raise StartupCheckFailed(f"Kafka broker at {self.settings.kafka.bootstrap} is not reachable ({exc}): "
                                      "check RANKTUNE_KAFKA_BOOTSTRAP and the security settings") from None
 
     def _stop_ingest(self, thread: threading.Thread) -> None:
         assert self.ingestor is not None
         self.ingestor.stop()
-        thread.join(self.settings.kafka_poll_timeout_ms / 1000 + 60)
+        thread.join(self.settings.kafka.poll_timeout_ms / 1000 + 60)
 
     def _watch(self) -> None:
         if self.ingestor is not None and not self.ingestor.healthy():
@@ -144,12 +161,12 @@ class Application:
     def _start_scheduler(self, stack: ExitStack, engine: Engine) -> None:
         s = self.settings
         self.trainer = TrainerProcess(s, engine, target=self._trainer_target)
-        self.coordinator = TrainingCoordinator(self._training_cycle, drift_cooldown_s=s.drift_cooldown_s)
+        self.coordinator = TrainingCoordinator(self._training_cycle, drift_cooldown_s=s.drift.cooldown_s)
         self.monitor = self._drift_monitor(stack, engine)
         self.drift_check = drift_job(self.monitor, self.coordinator.request)
         self.scheduler = RetrainScheduler(
             retrain_job=self.retrain_job, drift_job=self.drift_check,
-            retrain_interval_s=s.retrain_interval_s, drift_interval_s=s.drift_interval_s,
+            retrain_interval_s=s.retrain.interval_s, drift_interval_s=s.drift.interval_s,
         )
         self.scheduler.start()
         stack.callback(self._stop_scheduler)
@@ -169,26 +186,13 @@ class Application:
     def _drift_monitor(self, stack: ExitStack, engine: Engine) -> DriftMonitor:
         if self.serve is not None and self.serve.scorer is not None:
             scorer = self.serve.scorer
-        else:  # scheduler without serve: a private scorer (no HTTP) follows the champion for drift scores
-            scorer = self._private_scorer(stack, engine)
+        else:  # scheduler without serve: a scorer of its own (no HTTP) follows the champion for drift scores
+            scorer, _ = start_scorer(stack, self.settings, engine)
 
         def score_pairs(pairs: Sequence[tuple[str, str]]) -> Sequence[float]:
-            return [float(x) for x in scorer.submit(pairs).result(self.settings.scorer_request_timeout_s).scores]
+            return [float(x) for x in scorer.submit(pairs).result(self.settings.scorer.request_timeout_s).scores]
 
         return DriftMonitor(self.settings, engine, score_pairs)
-
-    def _private_scorer(self, stack: ExitStack, engine: Engine) -> Scorer:
-        s = self.settings
-        ranker = Ranker.load(model_spec(s), lora_spec(s), batch_size=s.scorer_max_batch)
-        scorer = Scorer.from_settings(ranker, s, loader=registered_loader(engine, s.artifacts_dir))
-        scorer.start()
-        stack.callback(scorer.stop)
-        reconciler = Reconciler(engine, scorer, interval_s=s.reconcile_interval_s)
-        reconciler.safe_sync("start-up")
-        scorer.mark_ready()
-        reconciler.start()
-        stack.callback(reconciler.stop)
-        return scorer
 
     def _count_run(self, status: str) -> None:
         if self.serve is not None:
@@ -201,7 +205,7 @@ class Application:
         st = self.coordinator.state
         return {"known": True, "scheduler": True, "next_run": self.scheduler.next_run_times(),
                 "training": st.running, "queued": st.queued, "runs_started": st.started,
-                "auto_promote": self.settings.auto_promote}
+                "auto_promote": self.settings.gate.auto_promote}
 
     def retrain_job(self) -> None:
         """Scheduled: retrain when enough new labelled events arrived since the last run's data."""
@@ -209,7 +213,7 @@ class Application:
         with session_scope(self.engine) as s:
             since = registry.last_data_cutoff(session=s)
             new = events_repo.count_feedback(session=s, since=since, labelled_only=True)
-            need = self.settings.retrain_min_events
+            need = self.settings.retrain.min_events
             if new < need:
                 registry.start_run(session=s, trigger="schedule", status="skipped",
                                    reason=f"{new} new labelled events since the last run; need {need}")
@@ -222,7 +226,9 @@ class Application:
         t0 = time.monotonic()
         outcome = self.trainer.run(trigger, on_progress=self.on_training_progress)
         self._count_run(outcome.status)
-        promoted = auto_promote(outcome, settings=self.settings, engine=self.engine)
+        publish = self.publisher.publish if self.publisher is not None else None
+        promoted = auto_promote(outcome, engine=self.engine, auto=self.settings.gate.auto_promote,
+                                artifacts_dir=self.settings.storage.artifacts_dir, publish=publish)
         if promoted and self.serve is not None and self.serve.reconciler is not None:
             self.serve.reconciler.safe_sync("promotion")  # do not wait for the control topic round-trip
         log.info("training %s (%s) %s in %.0fs%s", outcome.run_id, trigger, outcome.status,

@@ -63,6 +63,26 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+@contextmanager
+def write_scope(engine: Engine) -> Iterator[Session]:
+    """A `session_scope` whose transaction takes the database's write lock first, for read-then-write
+    changes that must not interleave (moving the champion alias).
+
+    On SQLite it begins with BEGIN IMMEDIATE: a deferred transaction that has read could not upgrade to a
+    write once another writer committed (SQLITE_BUSY_SNAPSHOT), and two such transactions would both act
+    on what they read. PostgreSQL needs nothing here: the registry locks the alias row it reads.
+    """
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            if engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
 def alembic_config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -105,5 +125,5 @@ def ensure_schema(engine: Engine) -> None:
         return
     raise SchemaOutdated(
         f"database schema is at {current or 'nothing'}, this ranktune needs {head}: "
-        "run `ranktune db upgrade` (with the same RANKTUNE_DATABASE_URL)"
+        "run `ranktune db upgrade` (with the same RANKTUNE_STORAGE_DATABASE_URL)"
     )

@@ -23,3 +23,7 @@ class VersionNotFound(StorageError, LookupError):
 
 class InvalidTransition(StorageError, ValueError):
     """A registry action that the current state does not allow (e.g. rollback with no previous champion)."""
+
+
+class ChampionChanged(InvalidTransition):
+    """The champion is no longer the one an action expected to replace (compare-and-set failed)."""

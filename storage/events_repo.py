@@ -31,7 +31,7 @@ def _insert(session: Session, table: Any) -> Any:
 def insert_feedback(*, session: Session, rows: Sequence[dict[str, Any]]) -> WriteResult:
     """Insert feedback rows; rows whose `event_id` is already stored are skipped (idempotent).
 
-    Every row carries every column of `feedback_events` (as `daemon.events.parse_record` builds them).
+    Every row carries every column of `feedback_events` (as `daemon.ingest.events.parse_record` builds them).
     """
     unique = list({r["event_id"]: r for r in rows}.values())
     if not unique:

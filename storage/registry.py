@@ -3,6 +3,11 @@
 Aliases: `champion` (what scorers serve) and `previous` (where a rollback goes). The value `base`
 means "no adapter": the zero-shot base model. Every alias move appends an audit row in the same
 transaction, so the history can always explain the current state.
+
+Moving the champion is compare-and-set: `promote` and `rollback` lock the champion row before they read
+it (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite the caller's `storage.db.write_scope` holds the
+database's write lock), and refuse with `ChampionChanged` when the caller expected another champion.
+Concurrent actions therefore apply one after the other, never both on the same stale champion.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
-from storage.errors import InvalidTransition, VersionNotFound
+from storage.errors import ChampionChanged, InvalidTransition, VersionNotFound
 from storage.models import AdapterVersion, AuditLog, DriftReport, RegistryAlias, TrainingRun, utcnow
 
 BASE = "base"
@@ -49,13 +56,6 @@ def list_versions(*, session: Session, status: str | None = None) -> list[Adapte
     return list(session.execute(q).scalars().all())
 
 
-def set_gate(*, session: Session, version: str, gate: dict[str, Any], status: str) -> None:
-    row = get_version(session=session, version=version)
-    row.gate = gate
-    row.status = status
-    session.add(row)
-
-
 # --- aliases -------------------------------------------------------------------------------------
 def get_alias(*, session: Session, name: str) -> str | None:
     row = session.get(RegistryAlias, name)
@@ -65,6 +65,21 @@ def get_alias(*, session: Session, name: str) -> str | None:
 def champion(*, session: Session) -> str:
     """The version scorers should serve (`base` before any promotion)."""
     return get_alias(session=session, name=CHAMPION) or BASE
+
+
+def _lock_champion(session: Session, expected: str | None) -> str:
+    """Lock the champion row (created at `base` if missing) and return the champion; raise ChampionChanged
+    if it is not `expected` (when given)."""
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(insert(RegistryAlias).values(name=CHAMPION, version=BASE, updated_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["name"]))
+    row = session.execute(select(RegistryAlias).where(col(RegistryAlias.name) == CHAMPION)
+                          .with_for_update()).scalar_one()
+    session.refresh(row)  # the identity map may hold a copy read before the lock
+    if expected is not None and row.version != expected:
+        raise ChampionChanged(f"the champion is {row.version}, not {expected} as expected; nothing changed")
+    return row.version
 
 
 def _set_alias(session: Session, name: str, version: str | None) -> None:
@@ -88,13 +103,14 @@ def _set_status(session: Session, version: str, status: str) -> None:
 
 
 def promote(*, session: Session, version: str, actor: str, reason: str | None = None,
-            action: str = "promote") -> AuditLog:
-    """Make `version` the champion; the old champion becomes `previous`."""
+            action: str = "promote", expected: str | None = None) -> AuditLog:
+    """Make `version` the champion; the old champion becomes `previous`.
+
+    With `expected`, only if the champion is still `expected` (else ChampionChanged, nothing written).
+    """
+    old = _lock_champion(session, expected)
     if version != BASE:
-        row = get_version(session=session, version=version)
-        if row.status == "champion":
-            raise InvalidTransition(f"{version} is already the champion")
-    old = champion(session=session)
+        get_version(session=session, version=version)
     if old == version:
         raise InvalidTransition(f"{version} is already the champion")
     _set_status(session, old, "retired")
@@ -105,10 +121,13 @@ def promote(*, session: Session, version: str, actor: str, reason: str | None = 
                  reason=reason)
 
 
-def rollback(*, session: Session, actor: str, reason: str | None = None) -> AuditLog:
-    """Go back to the previous champion; `previous` then points at the one before it in history."""
+def rollback(*, session: Session, actor: str, reason: str | None = None, expected: str | None = None) -> AuditLog:
+    """Go back to the previous champion; `previous` then points at the one before it in history.
+
+    With `expected`, only if the champion is still `expected` (else ChampionChanged, nothing written).
+    """
+    current = _lock_champion(session, expected)
     target = get_alias(session=session, name=PREVIOUS)
-    current = champion(session=session)
     if target is None:
         raise InvalidTransition("there is no previous champion to roll back to")
     _set_status(session, current, "retired")

@@ -50,9 +50,9 @@ def _f4(x: float | None) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from daemon.control import ControlPublisher, check_version
-    from daemon.operator import promote, rollback
-    engine = make_engine(settings.sqlalchemy_url)
+    from daemon.serving.control import ControlPublisher, check_version
+    from daemon.training.promotion import promote, rollback
+    engine = make_engine(settings.storage.sqlalchemy_url)
     try:
         ensure_schema(engine)
         action = args.adapters_action
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             publisher = None if args.no_publish else ControlPublisher(settings)
             try:
                 common: dict[str, Any] = {"engine": engine, "actor": args.actor, "reason": args.reason,
-                                          "artifacts_dir": settings.artifacts_dir,
+                                          "artifacts_dir": settings.storage.artifacts_dir,
                                           "publish": publisher.publish if publisher else None}
                 result = (promote(version=check_version(args.version), **common) if action == "promote"
                           else rollback(**common))

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    engine = make_engine(settings.sqlalchemy_url)
+    engine = make_engine(settings.storage.sqlalchemy_url)
     try:
         if args.action == "upgrade":
             before = current_revision(engine)

@@ -10,7 +10,7 @@ from daemon.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from daemon.tools.demo import DemoConfig
+    from daemon.tools.demo_config import DemoConfig
 
     d = DemoConfig()
     p = sub.add_parser("demo", help="Run the whole loop on simulated traffic with a drift point; plot and report.")
@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from daemon.tools.demo import DemoConfig, run_demo
+    from daemon.tools.demo import run_demo
+    from daemon.tools.demo_config import DemoConfig
 
     cfg = DemoConfig(out=args.out, duration_s=args.duration, seed=args.seed, n_events=args.events,
                      events_per_s=args.rate, drift_at=args.drift_at)

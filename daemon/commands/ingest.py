@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from daemon.consumer import Ingestor
-from daemon.ingest_writer import bound_sqlite_wait
-from daemon.lifecycle import install_signal_handlers
 from daemon.settings import Settings
-from storage.db import ensure_schema, make_engine
-
-log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,17 +20,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        ensure_schema(engine)
-        # a locked SQLite file must not stall the poll loop past max_poll_interval
-        bound_sqlite_wait(engine, min(5.0, settings.kafka_max_poll_interval_ms / 4000))
-        ingestor = Ingestor(settings, engine, create_topics=not args.no_create_topics)
-        restore = install_signal_handlers(ingestor.stop)
-        try:
-            ingestor.run()
-        finally:
-            restore()
-        return 0
-    finally:
-        engine.dispose()
+    from daemon.app import Application
+
+    return Application(settings, ["ingest"], create_topics=not args.no_create_topics).run()

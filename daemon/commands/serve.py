@@ -15,6 +15,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from daemon.serve import ServeRole
-    ServeRole(settings, control=not args.no_control).run()
-    return 0
+    from daemon.app import Application
+
+    return Application(settings, ["serve"], control=not args.no_control).run()

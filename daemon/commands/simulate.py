@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         counts = write_jsonl(generate(cfg), args.out, settings, cfg.events_per_s)
         target = str(args.out)
     else:
-        bootstrap = args.bootstrap or settings.kafka_bootstrap
+        bootstrap = args.bootstrap or settings.kafka.bootstrap
         counts = produce_kafka(generate(cfg), settings, bootstrap, cfg.events_per_s)
         target = f"kafka {bootstrap}"
     print(summary_line(counts, target), file=sys.stderr)

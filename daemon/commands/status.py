@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def collect(settings: Settings, runs: int = 5) -> dict[str, Any]:
     """Everything `status` shows, as plain data (no scheduler in this process: schedule unknown)."""
-    engine = make_engine(settings.sqlalchemy_url)
+    engine = make_engine(settings.storage.sqlalchemy_url)
     try:
         ensure_schema(engine)
         return status_document(engine, runs=runs)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from daemon.settings import Settings
 
 if TYPE_CHECKING:
-    from daemon.trainer_process import CycleOutcome
+    from daemon.training.messages import CycleOutcome
 from storage.db import ensure_schema, make_engine
 
 
@@ -23,13 +23,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--once", action="store_true", required=True, help="Run one cycle now and exit.")
     p.add_argument("--json", action="store_true", help="Print the outcome as one JSON object.")
     p.add_argument("--no-promote", action="store_true",
-                   help="Never promote, even when the gate passes and RANKTUNE_AUTO_PROMOTE is true.")
+                   help="Never promote, even when the gate passes and RANKTUNE_GATE_AUTO_PROMOTE is true.")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from daemon.trainer_process import TrainerProcess
-    engine = make_engine(settings.sqlalchemy_url)
+    from daemon.training.trainer_process import TrainerProcess
+    engine = make_engine(settings.storage.sqlalchemy_url)
     ensure_schema(engine)
     bar: tqdm[Any] | None = None
 
@@ -50,9 +50,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         bar.close()
     promoted = None
     if outcome.status == "succeeded" and not args.no_promote:
-        from daemon.promotion import auto_promote
+        from daemon.serving.control import ControlPublisher
+        from daemon.training.promotion import auto_promote
 
-        promoted = auto_promote(outcome, settings=settings, engine=engine)
+        publisher = ControlPublisher(settings)
+        try:
+            promoted = auto_promote(outcome, engine=engine, auto=settings.gate.auto_promote,
+                                    artifacts_dir=settings.storage.artifacts_dir, publish=publisher.publish)
+        finally:
+            publisher.close()
     doc = outcome_document(outcome, promoted)
     if args.json:
         sys.stdout.write(json.dumps(doc, default=str) + "\n")
@@ -63,14 +69,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def outcome_document(outcome: CycleOutcome, promoted: str | None) -> dict[str, Any]:
-    summary = outcome.summary
+    summary = outcome.summary.model_dump() if outcome.summary is not None else {}
     metrics = summary.get("metrics", {})
     return {
         "run_id": outcome.run_id, "status": outcome.status, "trigger": outcome.trigger,
         "candidate_version": outcome.candidate_version, "artifact_path": summary.get("artifact_path"),
         "quantization": summary.get("quantization"), "device": summary.get("device"),
         "metrics": {"candidate": metrics.get("candidate"), "compared_with": metrics.get("compared_with")},
-        "gate": outcome.gate, "promoted": promoted, "error": outcome.error,
+        "gate": outcome.gate.record() if outcome.gate is not None else None, "promoted": promoted,
+        "error": outcome.error,
         "training": {k: summary.get(k) for k in ("n_train", "n_holdout", "best_step", "steps", "early_stopped",
                                                    "seconds")},
     }

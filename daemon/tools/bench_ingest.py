@@ -28,10 +28,10 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from daemon.consumer import Ingestor
-from daemon.ingest_stats import IngestStats
-from daemon.ingest_writer import bound_sqlite_wait
-from daemon.kafka_client import client_kwargs, ensure_topics
+from daemon.ingest.consumer import Ingestor
+from daemon.ingest.kafka_client import client_kwargs, ensure_topics
+from daemon.ingest.stats import IngestStats
+from daemon.ingest.writer import bound_sqlite_wait
 from daemon.settings import Settings
 from daemon.tools.broker import EmbeddedBroker
 from daemon.tools.sim_output import produce_kafka
@@ -81,18 +81,18 @@ def _rate(total: int, seconds: float) -> dict[str, float]:
 def _raw(settings: Settings, total: int) -> dict[str, float]:
     gc.collect()  # every measured run starts from the same clean heap (see `_ranktune`)
     consumer = KafkaConsumer(
-        settings.feedback_topic, settings.catalog_topic,
+        settings.kafka.feedback_topic, settings.kafka.catalog_topic,
         **client_kwargs(settings, client_id="ranktune-bench-raw"),
-        group_id=f"{settings.kafka_group}-raw", enable_auto_commit=False, auto_offset_reset="earliest",
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-        max_poll_records=settings.kafka_poll_max_records,
+        group_id=f"{settings.kafka.group}-raw", enable_auto_commit=False, auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka.session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka.heartbeat_interval_ms,
+        max_poll_records=settings.kafka.poll_max_records,
     )
     try:
         seen, first, last = 0, None, 0.0
         deadline = time.monotonic() + TIMEOUT_S
         while seen < total and time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=settings.kafka_poll_timeout_ms)
+            batch = consumer.poll(timeout_ms=settings.kafka.poll_timeout_ms)
             if batch:
                 last = time.perf_counter()
                 first = last if first is None else first
@@ -108,15 +108,15 @@ def _ranktune(settings: Settings, total: int, label: str) -> dict[str, Any]:
     # A full collection left pending by the set-up (generating and producing the records) costs ~0.1 s
     # and would land in whichever run happens to be going: collect it before each run instead.
     gc.collect()
-    engine = make_engine(settings.sqlalchemy_url)
+    engine = make_engine(settings.storage.sqlalchemy_url)
     try:
         ensure_schema(engine)
-        bound_sqlite_wait(engine, min(5.0, settings.kafka_max_poll_interval_ms / 4000))
+        bound_sqlite_wait(engine, min(5.0, settings.kafka.max_poll_interval_ms / 4000))
         stats = _TimedStats(total)
-        ingestor = Ingestor(settings.model_copy(update={"kafka_group": f"{settings.kafka_group}-{label}"}),
+        ingestor = Ingestor(settings.replace(**{"kafka_group": f"{settings.kafka.group}-{label}"}),
                             engine, stats=stats, create_topics=False)
         thread = threading.Thread(target=ingestor.run, name=f"bench-ingest-{label}", daemon=True)
-        quiet = logging.getLogger("daemon.consumer")
+        quiet = logging.getLogger("daemon.ingest.consumer")
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # one warning per malformed record would be timed too
         try:
@@ -142,17 +142,17 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         bootstrap = args.bootstrap
         if bootstrap is None:
             bootstrap = stack.enter_context(EmbeddedBroker(log_file=tmp / "tansu.log")).bootstrap
-        s = settings.model_copy(update={
+        s = settings.replace(**{
             "kafka_bootstrap": bootstrap,
             "kafka_group": f"bench-{run_id}",
-            "feedback_topic": f"bench-{run_id}.feedback",
-            "catalog_topic": f"bench-{run_id}.catalog",
-            "deadletter_topic": f"bench-{run_id}.deadletter",
+            "kafka_feedback_topic": f"bench-{run_id}.feedback",
+            "kafka_catalog_topic": f"bench-{run_id}.catalog",
+            "kafka_deadletter_topic": f"bench-{run_id}.deadletter",
             # a fresh group joins in ~3 s instead of ~23 s; the rates do not count the join anyway
-            "kafka_session_timeout_ms": min(settings.kafka_session_timeout_ms, 6000),
-            "kafka_heartbeat_interval_ms": min(settings.kafka_heartbeat_interval_ms, 1000),
+            "kafka_session_timeout_ms": min(settings.kafka.session_timeout_ms, 6000),
+            "kafka_heartbeat_interval_ms": min(settings.kafka.heartbeat_interval_ms, 1000),
         })
-        ensure_topics(s, [s.feedback_topic, s.catalog_topic, s.deadletter_topic])
+        ensure_topics(s, [s.kafka.feedback_topic, s.kafka.catalog_topic, s.kafka.deadletter_topic])
         cfg = SimConfig(seed=args.seed, n_items=args.items, n_events=args.events, malformed_rate=args.malformed_rate)
         records = list(generate(cfg))
         t0 = time.perf_counter()
@@ -161,13 +161,13 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         total = len(records)
 
         raw = _raw(s, total)
-        sqlite = _ranktune(s.model_copy(update={"database_url": f"sqlite:///{tmp / 'bench.db'}"}), total, "sqlite")
+        sqlite = _ranktune(s.replace(**{"storage_database_url": f"sqlite:///{tmp / 'bench.db'}"}), total, "sqlite")
         ratio = sqlite["events_per_s"] / raw["events_per_s"] if raw["events_per_s"] else 0.0
         result: dict[str, Any] = {
             "events": total,
             "records": {"feedback": counts["feedback"], "catalog": counts["catalog"], "malformed": counts["malformed"]},
             "broker": "embedded tansu" if args.bootstrap is None else bootstrap,
-            "poll_max_records": s.kafka_poll_max_records,
+            "poll_max_records": s.kafka.poll_max_records,
             "kafka_crc32c": "crc32c package (C)" if importlib.util.find_spec("crc32c") else "pure Python",
             "produce": _rate(total, produce_s),
             "raw": raw,
@@ -177,6 +177,6 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "meets_target": ratio >= TARGET_RATIO,
         }
         if args.database_url:
-            db = s.model_copy(update={"database_url": args.database_url})
+            db = s.replace(**{"storage_database_url": args.database_url})
             result["ranktune_database_url"] = _ranktune(db, total, "db")
         return result

@@ -132,26 +132,25 @@ def _swap_phase(pool: ProcessPoolExecutor, url: str, token: str, payloads: list[
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from adapters.ranker import Ranker
-    from daemon.control import load_registered
-    from daemon.model_specs import lora_spec, model_spec
-    from daemon.operator import promote
-    from daemon.serve import ServeRole
+    from daemon.serving.control import load_registered
+    from daemon.serving.role import ServeRole
     from daemon.tools.synthetic_adapters import make_version
+    from daemon.training.promotion import promote
 
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     token = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="ranktune-bench-") as tmp:
-        s = settings.model_copy(update={"database_url": f"sqlite:///{Path(tmp) / 'bench.db'}",
-                                        "artifacts_dir": Path(tmp) / "artifacts", "api_port": 0,
+        s = settings.replace(**{"storage_database_url": f"sqlite:///{Path(tmp) / 'bench.db'}",
+                                        "storage_artifacts_dir": Path(tmp) / "artifacts", "api_port": 0,
                                         "api_host": "127.0.0.1", "api_token": SecretStr(token),
-                                        "api_max_items": max(settings.api_max_items, args.items)})
-        engine = make_engine(s.sqlalchemy_url)
+                                        "api_max_items": max(settings.api.max_items, args.items)})
+        engine = make_engine(s.storage.sqlalchemy_url)
         upgrade(engine)
-        ranker = Ranker.load(model_spec(s), lora_spec(s), batch_size=s.scorer_max_batch)
-        v1, v2 = (make_version(ranker, engine=engine, artifacts_dir=s.artifacts_dir, seed=k) for k in (1, 2))
+        ranker = Ranker.load(s.model, s.lora, batch_size=s.scorer.max_batch)
+        v1, v2 = (make_version(ranker, engine=engine, artifacts_dir=s.storage.artifacts_dir, seed=k) for k in (1, 2))
         promote(engine=engine, version=v1, actor="bench")
         payloads = _payloads(16, args.items, args.seed)
-        loaded = load_registered(engine, s.artifacts_dir, v1)
+        loaded = load_registered(engine, s.storage.artifacts_dir, v1)
         state = (loaded.state, loaded.peft_config)
         role = ServeRole(s, engine=engine, ranker=ranker, control=False).start()
         results = []
@@ -177,8 +176,8 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     spike = (swaps["p99_during_swaps_ms"] / swaps["p99_steady_ms"]) if swaps["p99_steady_ms"] else float("nan")
     return {
         "config": {"items": args.items, "duration_s": args.duration, "device": str(ranker.device),
-                   "quantization": ranker.base.quantization, "max_seq_len": s.max_seq_len,
-                   "scorer_max_batch": s.scorer_max_batch, "scorer_max_wait_ms": s.scorer_max_wait_ms},
+                   "quantization": ranker.base.quantization, "max_seq_len": s.model.max_seq_len,
+                   "scorer_max_batch": s.scorer.max_batch, "scorer_max_wait_ms": s.scorer.max_wait_ms},
         "levels": results,
         "saturation": {"concurrency": best["concurrency"], "rps": best["rps"],
                        "ms_per_request": round(per_request_ms, 2),

@@ -24,7 +24,7 @@ from typing import Any
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantizations", default="none,int8,nf4", help="Comma-separated (default %(default)s).")
-    p.add_argument("--device", default=None, help="cpu, cuda or auto (default RANKTUNE_DEVICE).")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default RANKTUNE_MODEL_DEVICE).")
     p.add_argument("--events", type=int, default=6000, help="Simulated feedback events (default %(default)s).")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--epochs", type=int, default=1)
@@ -81,7 +81,7 @@ def _one(quantization: str, head_lr_scale: float, device: str, base_model: str |
     try:
         splits = _splits(opts["events"], opts["seed"], opts["max_groups"], opts["items"], opts["drift_at"])
         t0 = time.monotonic()
-        spec = ModelSpec(base_model=Path(base_model) if base_model else default_base_model(),
+        spec = ModelSpec(path=Path(base_model) if base_model else default_base_model(),
                          quantization=quantization, device=device, max_seq_len=opts["max_seq_len"])
         ranker = Ranker.load(spec, LoraSpec())
         load_s = time.monotonic() - t0
@@ -127,7 +127,7 @@ def measure(quantizations: list[str], device: str, base_model: str | None, opts:
 
 def run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     qs = [q.strip() for q in args.quantizations.split(",") if q.strip()]
-    return measure(qs, args.device or settings.device, settings.base_model, _options(args))
+    return measure(qs, args.device or settings.model.device, settings.model.path, _options(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     qs = [q.strip() for q in args.quantizations.split(",") if q.strip()]
-    doc = measure(qs, args.device or "auto", os.environ.get("RANKTUNE_BASE_MODEL"), _options(args))
+    doc = measure(qs, args.device or "auto", os.environ.get("RANKTUNE_MODEL_PATH"), _options(args))
     sys.stdout.write(json.dumps({"benchmark": "train", **doc}, indent=2) + "\n")
     return 0
 

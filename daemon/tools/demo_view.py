@@ -12,12 +12,12 @@ from rich.live import Live
 from rich.table import Table
 
 from daemon.settings import Settings
+from daemon.tools.demo_config import DemoConfig, DemoState
 from storage import registry
 from storage.db import make_engine, session_scope
 
 if TYPE_CHECKING:
     from daemon.app import Application
-    from daemon.tools.demo import DemoConfig, DemoState
 
 
 def _f(x: float | None, fmt: str = ".3f") -> str:
@@ -90,7 +90,7 @@ class DemoView:
 
 def write_outputs(state: DemoState, app: Application, cfg: DemoConfig, settings: Settings) -> dict[str, Any]:
     """Write report.json and ndcg_drift.png; print the summary; return the report."""
-    engine = make_engine(settings.sqlalchemy_url)  # the app's engine is disposed by now
+    engine = make_engine(settings.storage.sqlalchemy_url)  # the app's engine is disposed by now
     with session_scope(engine) as s:
         drift = [{"t": r.created_at.isoformat(), "psi": r.score_psi, "term_js": r.term_js,
                   "unseen_item": r.unseen_item_share, "unseen_term": r.unseen_term_share,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.errors import BrokerUnavailable
-from daemon.kafka_client import client_kwargs
+from daemon.ingest.kafka_client import client_kwargs
 from daemon.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def paced(records: Iterable[SimRecord], events_per_s: float | None) -> Iterator[
 
 def topic_of(record: SimRecord, settings: Settings) -> str:
     """The Kafka topic a record belongs to."""
-    return settings.catalog_topic if record.stream == "catalog" else settings.feedback_topic
+    return settings.kafka.catalog_topic if record.stream == "catalog" else settings.kafka.feedback_topic
 
 
 def _count(counts: Counter[str], record: SimRecord) -> None:
@@ -100,8 +100,8 @@ def produce_kafka(
     from kafka.errors import KafkaError
 
     if bootstrap:
-        settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
-    servers = settings.kafka_bootstrap.split(",")
+        settings = settings.replace(**{"kafka_bootstrap": bootstrap})
+    servers = settings.kafka.bootstrap.split(",")
     try:
         producer = KafkaProducer(acks="all", linger_ms=10, **client_kwargs(settings, client_id="ranktune-simulate"))
     except KafkaError as exc:

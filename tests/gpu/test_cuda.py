@@ -33,7 +33,7 @@ REPORT: dict[str, object] = {}
 
 
 def _base() -> Path:
-    return Path(os.environ.get("RANKTUNE_BASE_MODEL") or default_base_model())
+    return Path(os.environ.get("RANKTUNE_MODEL_PATH") or default_base_model())
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_quantized_training_and_scoring_on_cuda(quantization, splits, tmp_path):
     import bitsandbytes as bnb
 
     torch.cuda.reset_peak_memory_stats()
-    spec = ModelSpec(base_model=_base(), quantization=quantization, device="cuda", max_seq_len=64)
+    spec = ModelSpec(path=_base(), quantization=quantization, device="cuda", max_seq_len=64)
     ranker = Ranker.load(spec, LoraSpec(r=8, alpha=16, dropout=0.05))
     assert ranker.device.type == "cuda"
     assert ranker.base.quantization == quantization

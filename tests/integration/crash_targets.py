@@ -1,4 +1,4 @@
-"""Training-child entry points that fail on purpose (imported by the spawned child, by name)."""
+"""Training-child entry points that fail on purpose (spawn pickles them by name; the child imports this module)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from daemon.settings import Settings
 
 def die_mid_write(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
     """Start writing an artifact, then die the way an out-of-memory kill does: no cleanup, no report."""
-    tmp = settings.artifacts_dir / f".tmp-v0001-crash{run_id}"
+    tmp = settings.storage.artifacts_dir / f".tmp-v0001-crash{run_id}"
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "adapter_model.safetensors").write_bytes(b"half a file")
     os._exit(137)
@@ -19,13 +19,13 @@ def die_mid_write(settings: Settings, run_id: int, trigger: str, stop: MpEvent, 
 
 def raise_inside(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
     """An ordinary exception inside training (the child's own handler records it)."""
-    from daemon import training_cycle
+    from daemon.training import cycle
 
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    training_cycle.run_cycle = boom  # type: ignore[assignment]
-    training_cycle.child_main(settings, run_id, trigger, stop, conn)
+    cycle.run_cycle = boom  # type: ignore[assignment]
+    cycle.child_main(settings, run_id, trigger, stop, conn)
 
 
 def noisy_head(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
@@ -35,8 +35,8 @@ def noisy_head(settings: Settings, run_id: int, trigger: str, stop: MpEvent, con
     measurably worse than the base, produced and gated by the real pipeline.
     """
     from adapters.ranker import Ranker
-    from daemon import training_cycle
     from daemon.tools.synthetic_adapters import perturbed
+    from daemon.training import cycle
 
     plain_new_adapter = Ranker.new_adapter
 
@@ -45,4 +45,4 @@ def noisy_head(settings: Settings, run_id: int, trigger: str, stop: MpEvent, con
         self.load_state(name, perturbed(self.adapter_state(name), run_id, scale=0.5))
 
     Ranker.new_adapter = new_adapter  # type: ignore[method-assign]
-    training_cycle.child_main(settings, run_id, trigger, stop, conn)
+    cycle.child_main(settings, run_id, trigger, stop, conn)

@@ -22,12 +22,13 @@ from adapters import artifacts
 from adapters.ranking_metrics import ndcg_at_k
 from daemon.app import Application
 from daemon.tools.broker import EmbeddedBroker, free_port
-from daemon.tools.demo import CONTINUAL_TRAINING, DemoConfig
+from daemon.tools.demo_config import CONTINUAL_TRAINING, DemoConfig
 from daemon.tools.simulate import SimRecord, eval_judgements, generate
 from storage import registry
 from storage.db import make_engine, session_scope
 from tests.fixtures.ingest import IngestCase, wait_until
 from tests.fixtures.training import small_training
+from tests.integration import crash_targets
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.broker]
 
@@ -58,10 +59,10 @@ def daemon(broker: EmbeddedBroker, ingest_case: Callable[..., IngestCase], tmp_p
     def start(**overrides: Any) -> tuple[Application, IngestCase]:
         target = overrides.pop("trainer_target", None)
         case = ingest_case(broker.bootstrap, f"sqlite:///{tmp_path / 'ranktune.db'}", **small_training(
-            artifacts_dir=tmp_path / "artifacts", api_port=free_port(), api_token=TOKEN,
-            control_topic=f"{tmp_path.name[-20:]}.control", retrain_interval_s=3600, drift_interval_s=3600,
+            storage_artifacts_dir=tmp_path / "artifacts", api_port=free_port(), api_token=TOKEN,
+            kafka_control_topic=f"{tmp_path.name[-20:]}.control", retrain_interval_s=3600, drift_interval_s=3600,
             retrain_min_events=100, drift_window_events=1500, drift_min_events=300, drift_cooldown_s=0,
-            reconcile_interval_s=2, kafka_topic_partitions=1, **overrides))
+            scorer_reconcile_interval_s=2, kafka_topic_partitions=1, **overrides))
         case.create_topics()
         app = Application(case.settings, **({"trainer_target": target} if target else {}))
         thread = threading.Thread(target=app.run, kwargs={"install_signals": False}, daemon=True)
@@ -145,7 +146,7 @@ def test_drift_triggers_a_retrain_that_is_promoted_and_serves_better_rankings(da
 @pytest.mark.timeout(400)
 def test_a_training_failure_is_recorded_and_the_daemon_keeps_ingesting_and_serving(daemon, traffic):
     first, second, _ = traffic
-    app, case = daemon(trainer_target="tests.integration.crash_targets:die_mid_write")
+    app, case = daemon(trainer_target=crash_targets.die_mid_write)
     assert app.serve is not None and app.coordinator is not None
     n = _ingest(case, first, 0)
     app.retrain_job()
@@ -167,13 +168,14 @@ def test_sigterm_during_training_exits_cleanly(broker: EmbeddedBroker, ingest_ca
                                               tmp_path: Path, traffic):
     first, _, _ = traffic
     case = ingest_case(broker.bootstrap, f"sqlite:///{tmp_path / 'ranktune.db'}", **small_training(
-        artifacts_dir=tmp_path / "artifacts", api_port=free_port(), retrain_interval_s=2, retrain_min_events=100,
+        storage_artifacts_dir=tmp_path / "artifacts", api_port=free_port(), retrain_interval_s=2,
+        retrain_min_events=100,
         drift_interval_s=3600, train_max_seconds=600, train_epochs=20, shutdown_grace_s=20,
-        control_topic=f"{tmp_path.name[-20:]}.control", kafka_topic_partitions=1))
+        kafka_control_topic=f"{tmp_path.name[-20:]}.control", kafka_topic_partitions=1))
     case.create_topics()
     case.produce(first)
     proc = case.start("run")
-    engine = make_engine(case.settings.sqlalchemy_url)
+    engine = make_engine(case.settings.storage.sqlalchemy_url)
 
     def running() -> bool:
         try:
@@ -191,8 +193,8 @@ def test_sigterm_during_training_exits_cleanly(broker: EmbeddedBroker, ingest_ca
     engine.dispose()
     assert run.status == "cancelled", (run.status, run.error)
     for v in versions:  # whatever was registered is complete and verifies
-        artifacts.load_adapter(case.settings.artifacts_dir, v.version, expected_checksum=v.checksum)
-    assert not list(case.settings.artifacts_dir.glob(".tmp-*")), "half-written version left behind"
+        artifacts.load_adapter(case.settings.storage.artifacts_dir, v.version, expected_checksum=v.checksum)
+    assert not list(case.settings.storage.artifacts_dir.glob(".tmp-*")), "half-written version left behind"
     assert case.count() == _feedback(first), "events lost"
     committed = case.committed()
     assert committed and committed == {tp: off for tp, off in case.next_offsets().items() if tp in committed}

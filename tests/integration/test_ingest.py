@@ -16,8 +16,8 @@ import pytest
 from kafka import TopicPartition
 from sqlalchemy import text
 
-from daemon.consumer import Ingestor
-from daemon.ingest_writer import bound_sqlite_wait
+from daemon.ingest.consumer import Ingestor
+from daemon.ingest.writer import bound_sqlite_wait
 from storage.db import ensure_schema, make_engine
 from tests.fixtures.db import _pg_admin
 from tests.fixtures.ingest import DEFECT_REASONS, IngestCase, simulate, valid_ids, wait_until
@@ -53,14 +53,14 @@ def test_ingest_stores_valid_events_dead_letters_bad_ones_and_stops_on_sigterm(b
     assert {r[0] for r in case.query("select item_id from catalog_items")} == catalog
 
     # every malformed record is dead-lettered exactly once, with its original bytes, key and reason
-    dead = case.topic_records(case.settings.deadletter_topic, len(bad))
+    dead = case.topic_records(case.settings.kafka.deadletter_topic, len(bad))
     assert len(dead) == len(bad)
     wanted: dict[tuple[bytes, bytes | None], list] = defaultdict(list)
     for r in bad:
         wanted[r.value, r.key].append(r)
     for d in dead:
         headers = {k: v.decode() for k, v in d.headers}
-        assert headers["source_topic"] == case.settings.feedback_topic
+        assert headers["source_topic"] == case.settings.kafka.feedback_topic
         assert int(headers["source_offset"]) >= 0 and int(headers["source_partition"]) >= 0
         assert headers["ts"] and headers["message"]
         original = wanted[d.value, d.key].pop()  # IndexError: a dead letter that was never produced
@@ -118,7 +118,7 @@ def test_sigterm_mid_stream_exits_0_with_only_stored_events_committed(broker, tm
 
     # never committed ahead of the database: every record below a committed offset is stored
     producer.join(timeout=60)
-    feedback = case.topic_records(case.settings.feedback_topic, len(expected))
+    feedback = case.topic_records(case.settings.kafka.feedback_topic, len(expected))
     below = [r for r in feedback if r.offset < committed.get(TopicPartition(r.topic, r.partition), 0)]
     assert below
     assert {json.loads(r.value)["event_id"] for r in below} <= stored
@@ -149,7 +149,7 @@ def _ingestor(case: IngestCase, engine) -> Iterator[Ingestor]:
 def test_broker_restart_on_the_same_port_is_survived_without_a_restart(broker_factory, tmp_path, ingest_case):
     b = broker_factory()
     case = ingest_case(b.bootstrap, f"sqlite:///{tmp_path / 'outage.db'}")
-    engine = make_engine(case.settings.sqlalchemy_url)
+    engine = make_engine(case.settings.storage.sqlalchemy_url)
     ensure_schema(engine)
     before, after = simulate(400, seed=21), simulate(400, seed=22)
     case.create_topics()
@@ -196,7 +196,7 @@ def _database_down(db_url: str) -> Iterator[None]:
 
 @pytest.mark.timeout(150)
 def test_database_outage_pauses_without_committing_and_loses_nothing(broker, engine, db_url, ingest_case, caplog):
-    caplog.set_level(logging.INFO, logger="daemon.consumer")
+    caplog.set_level(logging.INFO, logger="daemon.ingest.consumer")
     # a short max_poll_interval: the outage outlasts it, so the member must keep polling to stay
     case = ingest_case(broker.bootstrap, db_url, kafka_max_poll_interval_ms=5000)
     bound_sqlite_wait(engine, 1.0)

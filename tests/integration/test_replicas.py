@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from daemon.cli import main as cli_main
-from daemon.control import ControlPublisher
-from daemon.operator import promote, rollback
+from daemon.serving.control import ControlPublisher
 from daemon.settings import Settings
 from daemon.tools.broker import EmbeddedBroker, free_port
+from daemon.training.promotion import promote, rollback
 from storage.db import make_engine, upgrade
 from tests.fixtures.db import _new_pg_database, pg_available
 
@@ -51,10 +51,10 @@ def pg_engine() -> Iterator[tuple[str, Engine]]:
 def _env(pg_url: str, broker: EmbeddedBroker, artifacts_dir: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RANKTUNE_")}
     env.update({
-        "RANKTUNE_DATABASE_URL": pg_url, "RANKTUNE_KAFKA_BOOTSTRAP": broker.bootstrap,
-        "RANKTUNE_ARTIFACTS_DIR": str(artifacts_dir), "RANKTUNE_API_PORT": str(port),
-        "RANKTUNE_QUANTIZATION": "none", "RANKTUNE_DEVICE": "cpu", "RANKTUNE_MAX_SEQ_LEN": "64",
-        "RANKTUNE_RECONCILE_INTERVAL_S": "300", "RANKTUNE_KAFKA_GROUP": f"t{port}",
+        "RANKTUNE_STORAGE_DATABASE_URL": pg_url, "RANKTUNE_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "RANKTUNE_STORAGE_ARTIFACTS_DIR": str(artifacts_dir), "RANKTUNE_API_PORT": str(port),
+        "RANKTUNE_MODEL_QUANTIZATION": "none", "RANKTUNE_MODEL_DEVICE": "cpu", "RANKTUNE_MODEL_MAX_SEQ_LEN": "64",
+        "RANKTUNE_SCORER_RECONCILE_INTERVAL_S": "300", "RANKTUNE_KAFKA_GROUP": f"t{port}",
         "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
     })
     return env
@@ -83,7 +83,8 @@ def test_two_replicas_converge_via_control_topic(
 ) -> None:
     pg_url, engine = pg_engine
     v1, v2 = make_versions(engine, 2)
-    settings = Settings.load(database_url=pg_url, kafka_bootstrap=broker.bootstrap, artifacts_dir=artifacts_dir)
+    settings = Settings.load(storage_database_url=pg_url, kafka_bootstrap=broker.bootstrap,
+                             storage_artifacts_dir=artifacts_dir)
     publisher = ControlPublisher(settings)
     promote(engine=engine, version=v1, actor="test", publish=publisher.publish)  # before the replicas start
 
@@ -119,8 +120,8 @@ def test_two_replicas_converge_via_control_topic(
         took_rb = _wait(converged(v1), CONVERGE_S, f"both replicas back on {v1}")
 
         # the CLI path: database directly + control notice
-        for key, value in {"RANKTUNE_DATABASE_URL": pg_url, "RANKTUNE_KAFKA_BOOTSTRAP": broker.bootstrap,
-                           "RANKTUNE_ARTIFACTS_DIR": str(artifacts_dir)}.items():
+        for key, value in {"RANKTUNE_STORAGE_DATABASE_URL": pg_url, "RANKTUNE_KAFKA_BOOTSTRAP": broker.bootstrap,
+                           "RANKTUNE_STORAGE_ARTIFACTS_DIR": str(artifacts_dir)}.items():
             monkeypatch.setenv(key, value)
         assert cli_main(["adapters", "promote", "base", "--actor", "ci", "--reason", "zero-shot check"]) == 0
         took_cli = _wait(converged("base"), CONVERGE_S, "both replicas on base")

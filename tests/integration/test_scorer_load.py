@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
 
-from daemon.control import load_registered
-from daemon.serve import ServeRole
+from daemon.serving.control import load_registered
+from daemon.serving.role import ServeRole
 from daemon.settings import Settings
 from tests.fixtures.scoring import TOKEN
 

@@ -12,15 +12,18 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from adapters import artifacts
+from adapters.gate import GateDecision
 from adapters.ranker import Ranker
 from daemon import cli
-from daemon.promotion import auto_promote
-from daemon.settings import Settings
+from daemon.settings import Settings, env_vars
 from daemon.tools.synthetic_adapters import make_version
-from daemon.trainer_process import CycleOutcome, TrainerProcess
+from daemon.training.messages import CycleOutcome, GateVerdict
+from daemon.training.promotion import auto_promote
+from daemon.training.trainer_process import TrainerProcess
 from storage import registry
 from storage.db import make_engine, session_scope, upgrade
 from tests.fixtures.training import store_records
+from tests.integration import crash_targets
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -29,16 +32,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600
 def stocked(db_url: str, shop_traffic: list) -> Engine:
     eng = make_engine(db_url)
     upgrade(eng)
-    s = Settings.load(None, database_url=db_url)
+    s = Settings.load(None, storage_database_url=db_url)
     assert store_records(eng, s, shop_traffic) > 3000
     return eng
 
 
 def _set_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
-    for name in ("database_url", "artifacts_dir", "max_seq_len", "train_max_groups", "train_epochs",
-                 "train_eval_every_steps", "train_learning_rate", "train_min_groups", "train_max_items_per_group",
-                 "gate_bootstrap_samples", "train_max_seconds", "train_groups_per_step"):
-        monkeypatch.setenv(f"RANKTUNE_{name.upper()}", str(getattr(settings, name)))
+    for name, value in env_vars(settings).items():
+        monkeypatch.setenv(name, value)
 
 
 def test_train_once_registers_a_gated_candidate(stocked: Engine, db_url: str,
@@ -62,7 +63,7 @@ def test_train_once_registers_a_gated_candidate(stocked: Engine, db_url: str,
         row = registry.get_version(session=s, version="v0001")
         run = registry.recent_runs(session=s, limit=1)[0]
         champion = registry.champion(session=s)
-    loaded = artifacts.load_adapter(settings.artifacts_dir, "v0001", expected_checksum=row.checksum)
+    loaded = artifacts.load_adapter(settings.storage.artifacts_dir, "v0001", expected_checksum=row.checksum)
     assert loaded.state and row.gate == gate and row.quantization == "nf4"
     assert run.status == "succeeded" and run.candidate_version == "v0001" and run.n_train and run.n_holdout
     assert run.best_step is not None and run.best_step <= run.steps
@@ -76,12 +77,12 @@ def test_a_worse_candidate_is_refused_and_never_served(stocked: Engine, db_url: 
     # A fresh adapter scores exactly like the base, so a worse one is made on purpose: noise on its LoRA B
     # and head and no time to train, so the kept checkpoint is that noise, below the zero-shot base.
     settings = training_settings(db_url, train_max_seconds=0.01, train_max_groups=120)
-    outcome = TrainerProcess(settings, stocked, target="tests.integration.crash_targets:noisy_head").run("manual")
+    outcome = TrainerProcess(settings, stocked, target=crash_targets.noisy_head).run("manual")
     assert outcome.status == "succeeded" and outcome.gate is not None
-    assert outcome.gate["passed"] is False
-    assert outcome.gate["ndcg_gain"] < 0
-    assert any("gain" in r.lower() or "ndcg" in r.lower() for r in outcome.gate["reasons"])
-    assert auto_promote(outcome, settings=settings, engine=stocked) is None
+    assert outcome.gate.passed is False
+    assert outcome.gate.decision.ndcg_gain < 0
+    assert any("gain" in r.lower() or "ndcg" in r.lower() for r in outcome.gate.decision.reasons)
+    assert auto_promote(outcome, engine=stocked, auto=True) is None
     with session_scope(stocked) as s:
         assert registry.champion(session=s) == "base"
         assert registry.get_version(session=s, version=outcome.candidate_version).status == "candidate"
@@ -95,11 +96,11 @@ def test_promotion_is_skipped_when_the_champion_moved_during_training(
     engine = make_engine(db_url)
     upgrade(engine)
     settings = training_settings(db_url)
-    version = make_version(load_ranker("nf4"), engine=engine, artifacts_dir=settings.artifacts_dir, seed=3)
+    version = make_version(load_ranker("nf4"), engine=engine, artifacts_dir=settings.storage.artifacts_dir, seed=3)
     # a passing verdict against a champion that is no longer the champion (an operator moved it meanwhile)
-    outcome = CycleOutcome(run_id=1, trigger="manual", status="succeeded", candidate_version=version,
-                           gate={"passed": True, "compared_with": "v0999", "ndcg_gain": 0.05, "reasons": []})
-    assert auto_promote(outcome, settings=settings, engine=engine) is None
+    verdict = GateVerdict(compared_with="v0999", decision=GateDecision(passed=True, ndcg_gain=0.05))
+    outcome = CycleOutcome(run_id=1, trigger="manual", status="succeeded", candidate_version=version, gate=verdict)
+    assert auto_promote(outcome, engine=engine, auto=True) is None
     with session_scope(engine) as s:
         assert registry.champion(session=s) == "base"
         assert registry.get_version(session=s, version=version).status == "candidate"
@@ -112,8 +113,8 @@ def test_promotion_is_skipped_when_the_champion_moved_during_training(
 def test_a_crash_in_training_leaves_no_version_and_the_parent_survives(
         target: str, stocked: Engine, db_url: str, training_settings: Callable[..., Settings]):
     settings = training_settings(db_url)
-    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    trainer = TrainerProcess(settings, stocked, target=f"tests.integration.crash_targets:{target}")
+    settings.storage.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    trainer = TrainerProcess(settings, stocked, target=getattr(crash_targets, target))
     outcome = trainer.run("manual")
     assert outcome.status == "failed" and outcome.candidate_version is None
     expected = "exit code 137" if target == "die_mid_write" else "out of memory"
@@ -123,7 +124,7 @@ def test_a_crash_in_training_leaves_no_version_and_the_parent_survives(
         run = registry.recent_runs(session=s, limit=1)[0]
         assert run.status == "failed" and expected in (run.error or "")
         assert registry.champion(session=s) == "base"
-    assert not list(settings.artifacts_dir.glob(".tmp-*")), "a half-written artifact was left behind"
+    assert not list(settings.storage.artifacts_dir.glob(".tmp-*")), "a half-written artifact was left behind"
     if target == "die_mid_write":  # a killed child is the harsher case (and its target starts fast)
         again = trainer.run("manual")  # the parent is fine and can run the next cycle
         assert again.status == "failed" and again.run_id == outcome.run_id + 1

@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from daemon.api.app import create_app
-from daemon.control import Reconciler, registered_loader
 from daemon.metrics import Metrics
-from daemon.scorer import Scorer
+from daemon.serving.api.app import create_app
+from daemon.serving.control import Reconciler, registered_loader
+from daemon.serving.scorer import Scorer
 from daemon.settings import Settings
 from storage import events_repo, registry
 from storage.db import session_scope

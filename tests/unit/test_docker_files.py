@@ -22,7 +22,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 from daemon.cli import build_parser
-from daemon.settings import Settings
+from daemon.settings import Settings, env_name, field_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -62,11 +62,11 @@ REQUIRED_ALERTS = {
     "ScorerDown",
 }
 # Values for the variables compose insists on (`${NAME:?...}`), as an operator would export them.
-OPERATOR_ENV = {"RANKTUNE_API_TOKEN": "test-token", "RANKTUNE_PSEUDONYM_KEY": "test-pseudonym-key"}
+OPERATOR_ENV = {"RANKTUNE_API_TOKEN": "test-token", "RANKTUNE_INGEST_PSEUDONYM_KEY": "test-pseudonym-key"}
 # The Python each Ubuntu base ships as python3.
 UBUNTU_PYTHON = {"22.04": "3.10", "24.04": "3.12", "26.04": "3.14"}
 
-SETTING_NAMES = {f"RANKTUNE_{name.upper()}" for name in Settings.model_fields}
+SETTING_NAMES = {env_name(flat) for flat, *_ in field_paths()}
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -228,8 +228,8 @@ def test_each_ranktune_service_environment_is_valid_settings(
             for key, value in env.items():
                 m.setenv(key, value)
             settings = Settings.load()
-        assert settings.database_url.startswith("postgresql://"), name
-        assert settings.api_host == "0.0.0.0", f"{name}: the API must listen beyond the container"
+        assert settings.storage.database_url.startswith("postgresql://"), name
+        assert settings.api.host == "0.0.0.0", f"{name}: the API must listen beyond the container"
 
 
 def test_dockerfile_defaults_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -380,7 +380,7 @@ def test_named_volumes_for_artifacts_and_database(compose: dict[str, Any]) -> No
             if not source.startswith((".", "/")):
                 assert source in declared, f"{name}: volume {source} is not declared"
             mounts.setdefault(name, {})[target] = ":".join([source, *mode])
-    artifacts_dir = compose["services"]["ranktune"]["environment"]["RANKTUNE_ARTIFACTS_DIR"]
+    artifacts_dir = compose["services"]["ranktune"]["environment"]["RANKTUNE_STORAGE_ARTIFACTS_DIR"]
     assert mounts["ranktune"][artifacts_dir] == "artifacts"
     assert mounts["scorer"][artifacts_dir] == "artifacts:ro"
     assert mounts["postgres"]["/var/lib/postgresql/data"] in declared

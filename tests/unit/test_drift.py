@@ -11,14 +11,14 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from adapters.product_text import product_text
-from daemon.drift import DriftMonitor, drift_job
-from daemon.drift_stats import loo_unseen_shares, null_floor, psi, terms
 from daemon.settings import Settings
 from daemon.tools.simulate import SimConfig, SimRecord, generate
+from daemon.training.drift import DriftMonitor, drift_job
+from daemon.training.drift_stats import loo_unseen_shares, null_floor, psi, terms
 from storage import events_repo, registry
 from storage.db import session_scope
 
-WINDOW = Settings().drift_window_events  # the defaults are what these tests calibrate
+WINDOW = Settings().drift.window_events  # the defaults are what these tests calibrate
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 

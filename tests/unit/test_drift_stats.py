@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from daemon.drift_stats import js_divergence, psi, psi_floor, term_counts, terms, unseen_shares
+from daemon.training.drift_stats import js_divergence, psi, psi_floor, term_counts, terms, unseen_shares
 
 
 def test_psi_of_identical_distributions_stays_under_threshold_plus_floor():

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from daemon.events import CatalogIn, FeedbackIn, ParseConfig, Parsed, Rejection, parse_record
-from daemon.pseudonym import Pseudonymizer
+from daemon.ingest.events import CatalogIn, FeedbackIn, ParseConfig, Parsed, Rejection, parse_record
+from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.settings import Settings
 
 CFG = ParseConfig(feedback_topic="fb", catalog_topic="cat", max_message_bytes=65536)
@@ -144,7 +144,7 @@ def test_size_limit_is_checked_before_parsing():
     big = json.dumps(FEEDBACK | {"item_text": "x" * 70_000}).encode()
     rej = rejected(big)
     assert rej.reason == "too_large" and str(len(big)) in rej.message
-    limit = ParseConfig.from_settings(Settings(max_message_bytes=200_000))
+    limit = ParseConfig.from_settings(Settings(ingest_max_message_bytes=200_000))
     assert isinstance(parse_record("ranktune.feedback", 0, 0, None, big, config=limit, pseudonymize=KEY), Parsed)
 
 
@@ -165,7 +165,7 @@ def test_pseudonyms_are_keyed_and_stable():
     assert a("user_id", "same") != a("session_id", "same")  # field names separate the domains
     assert len(a("user_id", "u-7") or "") == 64 and a("user_id", None) is None
     assert "k1" not in repr(a)
-    assert Pseudonymizer(Settings(pseudonym_key="k1").pseudonym_key)("user_id", "u") == a("user_id", "u")
+    assert Pseudonymizer(Settings(ingest_pseudonym_key="k1").ingest.pseudonym_key)("user_id", "u") == a("user_id", "u")
     assert not Pseudonymizer("").enabled
 
 

@@ -13,14 +13,14 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from daemon.cli import main
-from daemon.consumer import Backoff, Ingestor
-from daemon.deadletter import headers_for
-from daemon.events import ParseConfig, Parsed, Rejection, parse_record
-from daemon.ingest_stats import IngestStats
-from daemon.ingest_writer import write_batch
-from daemon.kafka_client import client_kwargs, redacted
+from daemon.ingest.consumer import Backoff, Ingestor
+from daemon.ingest.deadletter import headers_for
+from daemon.ingest.events import ParseConfig, Parsed, Rejection, parse_record
+from daemon.ingest.kafka_client import client_kwargs, redacted
+from daemon.ingest.pseudonym import Pseudonymizer
+from daemon.ingest.stats import IngestStats
+from daemon.ingest.writer import write_batch
 from daemon.lifecycle import install_signal_handlers
-from daemon.pseudonym import Pseudonymizer
 from daemon.settings import Settings
 from storage.db import make_engine
 
@@ -77,8 +77,8 @@ def test_backoff_grows_to_its_cap_and_resets():
 
 
 def test_ingestor_constructor_connects_to_nothing(tmp_path: Path):
-    s = Settings(kafka_bootstrap="127.0.0.1:1", database_url=f"sqlite:///{tmp_path / 'x.db'}")
-    engine = make_engine(s.sqlalchemy_url)
+    s = Settings(kafka_bootstrap="127.0.0.1:1", storage_database_url=f"sqlite:///{tmp_path / 'x.db'}")
+    engine = make_engine(s.storage.sqlalchemy_url)
     ing = Ingestor(s, engine)  # no broker there, and no error
     assert not ing.healthy()
     ing.stop()
@@ -151,7 +151,7 @@ def test_ingest_stops_at_start_up_on_an_outdated_schema(tmp_path: Path, monkeypa
     db = tmp_path / "other.db"
     with sqlite3.connect(db) as c:
         c.execute("create table other (x int)")
-    monkeypatch.setenv("RANKTUNE_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("RANKTUNE_STORAGE_DATABASE_URL", f"sqlite:///{db}")
     monkeypatch.setenv("RANKTUNE_KAFKA_BOOTSTRAP", "127.0.0.1:1")
     assert main(["ingest"]) == 1
     assert "ranktune db upgrade" in capsys.readouterr().err

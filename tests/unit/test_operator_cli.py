@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from daemon.cli import main as cli_main
-from daemon.control import ControlMessage
 from daemon.errors import BrokerUnavailable
-from daemon.operator import promote, rollback
+from daemon.serving.control import ControlMessage
+from daemon.training.promotion import promote, rollback
 from storage import registry
 from storage.db import session_scope
 
@@ -54,8 +54,8 @@ def test_cli_adapters_and_status(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     v1, v2 = make_versions(sqlite_engine, 2)
-    monkeypatch.setenv("RANKTUNE_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
-    monkeypatch.setenv("RANKTUNE_ARTIFACTS_DIR", str(artifacts_dir))
+    monkeypatch.setenv("RANKTUNE_STORAGE_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
+    monkeypatch.setenv("RANKTUNE_STORAGE_ARTIFACTS_DIR", str(artifacts_dir))
     monkeypatch.setenv("USER", "dora")
 
     def run(*argv: str) -> tuple[int, str]:

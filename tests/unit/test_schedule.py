@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from daemon.schedule import RetrainScheduler, TrainingCoordinator
+from daemon.training.schedule import RetrainScheduler, TrainingCoordinator
 
 
 class GatedCycle:

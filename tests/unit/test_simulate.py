@@ -271,7 +271,7 @@ def test_cli_writes_jsonl_that_round_trips(tmp_path: Path, monkeypatch: pytest.M
     assert daemon.cli.main(argv) == 0
     settings = Settings()
     expected = [
-        (settings.catalog_topic if r.stream == "catalog" else settings.feedback_topic, r.key, r.value)
+        (settings.kafka.catalog_topic if r.stream == "catalog" else settings.kafka.feedback_topic, r.key, r.value)
         for r in generate(SimConfig(seed=4, n_items=40, n_events=400, drift_at=0.5, malformed_rate=0.1))
     ]
     assert list(read_jsonl(out)) == expected

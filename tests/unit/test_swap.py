@@ -14,9 +14,9 @@ from sqlalchemy.engine import Engine
 
 from adapters.errors import SwapRefused
 from adapters.swap import BASE, AdapterSwapper
-from daemon.control import Reconciler, load_registered, registered_loader
 from daemon.errors import Overloaded
-from daemon.scorer import Scorer, ScorerUnavailable
+from daemon.serving.control import Reconciler, load_registered, registered_loader
+from daemon.serving.scorer import Scorer, ScorerUnavailable
 from daemon.tools.synthetic_adapters import synthetic_state
 from storage import registry
 from storage.db import session_scope

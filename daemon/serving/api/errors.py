@@ -23,7 +23,7 @@ from adapters.errors import (
     SwapRefused,
 )
 from daemon.errors import AuthError, BadRequest, DaemonError, Overloaded
-from daemon.scorer import ScorerUnavailable, ScoreTimeout
+from daemon.serving.scorer import ScorerUnavailable, ScoreTimeout
 from storage.errors import DatabaseUnavailable, InvalidTransition, StorageError, VersionNotFound
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ The *recent* window is the newest `drift_window_events` events after the referen
 Detectors, each firing when its statistic exceeds threshold + noise floor. On windows of a few
 hundred result pages two samples of one distribution already differ, so textbook thresholds alone
 fire on identical traffic. Each floor is measured on the reference window itself, by page (a page's
-events share one query, so pages, not events, are the independent units; see `daemon.drift_stats`):
+events share one query, so pages, not events, are the independent units; see `daemon.training.drift_stats`):
 
 * prediction drift: PSI of the champion's scores on up to MAX_PAIRS (query, item) pairs per window;
   floor = max(chi-square expectation, mean + 2 sd of PSI between a recent-sized slice of the
@@ -44,7 +44,8 @@ from sqlmodel import Session
 from adapters import dataset
 from adapters.product_text import product_text
 from adapters.ranking_metrics import EvalResult, evaluate_groups
-from daemon.drift_stats import (
+from daemon.settings import Settings
+from daemon.training.drift_stats import (
     finite_or_none,
     js_divergence,
     loo_unseen_shares,
@@ -55,7 +56,6 @@ from daemon.drift_stats import (
     term_counts,
     unseen_shares,
 )
-from daemon.settings import Settings
 from storage import events_repo, registry
 from storage.db import session_scope
 from storage.models import DriftReport, FeedbackEvent, TrainingRun, utcnow
@@ -98,13 +98,13 @@ class DriftMonitor:
             # Strictly after the reference's newest ingestion time: events of a write batch share it,
             # so a batch cut by the reference's size limit is left out of both windows (never in both).
             since = ref_events[-1].ingested_at if ref_events else None
-            rec_events = events_repo.recent_feedback(session=session, limit=s.drift_window_events, since=since)
+            rec_events = events_repo.recent_feedback(session=session, limit=s.drift.window_events, since=since)
             ref, rec = [e.model_dump() for e in ref_events], [e.model_dump() for e in rec_events]
             text_of = self._text_of or self._catalog_text_of(session, ref + rec)
         report = DriftReport(created_at=utcnow(), champion_version=champion, n_reference=len(ref),
                              n_recent=len(rec))
         # A minimum above the window size could never be met: the full window is enough then.
-        need = min(s.drift_min_events, s.drift_window_events)
+        need = min(s.drift.min_events, s.drift.window_events)
         if len(rec) < need or len(ref) < need:
             short, n = ("recent", len(rec)) if len(rec) < need else ("reference", len(ref))
             report.reasons = [f"not enough {short} events ({n} < {need})"]
@@ -139,8 +139,8 @@ class DriftMonitor:
             run = session.get(TrainingRun, version.training_run_id) if version.training_run_id else None
             cutoff = run.data_cutoff if run else None
         if cutoff is None:
-            return events_repo.oldest_feedback(session=session, limit=self._settings.drift_window_events), holdout
-        return events_repo.recent_feedback(session=session, limit=self._settings.drift_window_events,
+            return events_repo.oldest_feedback(session=session, limit=self._settings.drift.window_events), holdout
+        return events_repo.recent_feedback(session=session, limit=self._settings.drift.window_events,
                                            until=cutoff), holdout
 
     @staticmethod
@@ -181,19 +181,19 @@ class _Check:
         s = self.s
         js, js_floor = self.term_js()
         report.term_js = finite_or_none(js)
-        _judge(reasons, "term_js", js, s.drift_term_js_threshold, js_floor)
+        _judge(reasons, "term_js", js, s.drift.term_js_threshold, js_floor)
         (item_share, term_share), (item_floor, term_floor) = self.unseen()
         report.unseen_item_share, report.unseen_term_share = finite_or_none(item_share), finite_or_none(term_share)
-        _judge(reasons, "unseen_item_share", item_share, s.drift_unseen_threshold, item_floor)
-        _judge(reasons, "unseen_term_share", term_share, s.drift_unseen_threshold, term_floor)
+        _judge(reasons, "unseen_item_share", item_share, s.drift.unseen_threshold, item_floor)
+        _judge(reasons, "unseen_term_share", term_share, s.drift.unseen_threshold, term_floor)
         score_psi, floor = self.score_psi()
         report.score_psi = finite_or_none(score_psi)
-        _judge(reasons, "score_psi", score_psi, s.drift_psi_threshold, floor)
+        _judge(reasons, "score_psi", score_psi, s.drift.psi_threshold, floor)
         recent, reference, drop_floor = self.performance()
         if recent is not None:
             report.recent_ndcg, report.recent_auc = recent.ndcg10, recent.auc
             report.reference_ndcg = finite_or_none(reference)
-            _judge(reasons, "ndcg10_drop", reference - recent.ndcg10, s.drift_ndcg_drop, drop_floor,
+            _judge(reasons, "ndcg10_drop", reference - recent.ndcg10, s.drift.ndcg_drop, drop_floor,
                    f" (reference {reference:.3f}, recent {recent.ndcg10:.3f})")
         return reasons
 

@@ -8,14 +8,14 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from daemon.api.deps import ApiContext, BodySizeLimit, RequestMetrics
-from daemon.api.errors import install_error_handlers
-from daemon.api.routes import adapters, health, score, status
-from daemon.control import Reconciler
 from daemon.metrics import Metrics
-from daemon.operator import Publish
-from daemon.scorer import Scorer
+from daemon.serving.api.deps import ApiContext, BodySizeLimit, RequestMetrics
+from daemon.serving.api.errors import install_error_handlers
+from daemon.serving.api.routes import adapters, health, score, status
+from daemon.serving.control import Reconciler
+from daemon.serving.scorer import Scorer
 from daemon.settings import Settings
+from daemon.training.promotion import Publish
 
 
 def create_app(
@@ -49,6 +49,6 @@ def create_app(
     app.include_router(status.router)
     app.include_router(health.router)
     # Starlette runs the last-added middleware first: metrics see the 413s of the size limit too.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, path="/v1/score")
     return app

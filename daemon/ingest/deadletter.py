@@ -20,8 +20,8 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from daemon.events import Rejection
-from daemon.kafka_client import client_kwargs
+from daemon.ingest.events import Rejection
+from daemon.ingest.kafka_client import client_kwargs
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class DeadLetterPublisher:
     """
 
     def __init__(self, settings: Settings, *, flush_timeout_s: float = 10.0) -> None:
-        self.topic = settings.deadletter_topic
+        self.topic = settings.kafka.deadletter_topic
         self._flush_timeout_s = flush_timeout_s
         self._producer = KafkaProducer(
             **client_kwargs(settings, client_id="ranktune-deadletter"),

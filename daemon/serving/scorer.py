@@ -116,8 +116,8 @@ class Scorer:
     @classmethod
     def from_settings(cls, ranker: Ranker, settings: Settings, *, loader: Loader,
                       metrics: Metrics | None = None) -> Scorer:
-        return cls(ranker, loader=loader, max_batch=settings.scorer_max_batch,
-                   max_wait_ms=settings.scorer_max_wait_ms, queue_size=settings.scorer_queue_size, metrics=metrics)
+        return cls(ranker, loader=loader, max_batch=settings.scorer.max_batch,
+                   max_wait_ms=settings.scorer.max_wait_ms, queue_size=settings.scorer.queue_size, metrics=metrics)
 
     # ----- life cycle ------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ commits the alias move first, then publishes
 
     {"action": "promote" | "rollback", "version": "v0007", "from": "v0006", "ts": "<ISO 8601 UTC>"}
 
-on `settings.control_topic` (key `champion`, so all notices share one partition and stay ordered).
+on `settings.kafka.control_topic` (key `champion`, so all notices share one partition and stay ordered).
 Each replica's `ControlListener` reads the topic in a consumer group of its own (every replica sees
 every notice) and calls `Reconciler.sync`, which re-reads the champion and swaps if it differs from
 the served version. Re-reading instead of trusting the message makes out-of-order or stale notices
@@ -35,8 +35,8 @@ from sqlalchemy.engine import Engine
 from adapters.artifacts import LoadedAdapter, load_adapter, validate_version_name
 from adapters.errors import SwapRefused
 from daemon.errors import BrokerUnavailable
-from daemon.kafka_client import client_kwargs, ensure_topics
-from daemon.scorer import Loader, Scorer
+from daemon.ingest.kafka_client import client_kwargs, ensure_topics
+from daemon.serving.scorer import Loader, Scorer
 from daemon.settings import Settings
 from storage import registry
 from storage.db import session_scope
@@ -99,16 +99,17 @@ class ControlPublisher:
         with self._lock:
             try:
                 if self._producer is None:
-                    ensure_topics(s, [s.control_topic], timeout_ms=int(self._timeout_s * 1000))
+                    ensure_topics(s, [s.kafka.control_topic], timeout_ms=int(self._timeout_s * 1000))
                     self._producer = KafkaProducer(
                         **client_kwargs(s, client_id="ranktune-control"), acks="all",
                         max_block_ms=int(self._timeout_s * 1000), request_timeout_ms=int(self._timeout_s * 1000),
                     )
-                self._producer.send(s.control_topic, key=_KEY, value=message.to_bytes()).get(self._timeout_s)
+                self._producer.send(s.kafka.control_topic, key=_KEY, value=message.to_bytes()).get(self._timeout_s)
             except KafkaError as exc:
                 self._close_locked()
-                raise BrokerUnavailable(f"cannot publish on {s.control_topic} at {s.kafka_bootstrap}: {exc}") from exc
-        log.info("published %s %s on %s", message.action, message.version, s.control_topic)
+                raise BrokerUnavailable(
+                    f"cannot publish on {s.kafka.control_topic} at {s.kafka.bootstrap}: {exc}") from exc
+        log.info("published %s %s on %s", message.action, message.version, s.kafka.control_topic)
 
     def close(self) -> None:
         with self._lock:
@@ -121,15 +122,6 @@ class ControlPublisher:
             except Exception:
                 log.debug("closing the control producer failed", exc_info=True)
             self._producer = None
-
-
-def publish_control(settings: Settings, *, action: str, version: str, from_version: str | None = None) -> None:
-    """One-shot publish (for processes that act rarely, like the CLI or the gate). Raises BrokerUnavailable."""
-    publisher = ControlPublisher(settings)
-    try:
-        publisher.publish(ControlMessage(action=action, version=version, from_version=from_version))
-    finally:
-        publisher.close()
 
 
 # --- loading what the registry recorded -----------------------------------------------------------
@@ -242,7 +234,7 @@ class ControlListener:
                  group_id: str | None = None) -> None:
         self._settings = settings
         self._on_message = on_message
-        self.group_id = group_id or f"{settings.kafka_group}.control.{replica_id()}"
+        self.group_id = group_id or f"{settings.kafka.group}.control.{replica_id()}"
         self._stop = threading.Event()
         self._assigned = threading.Event()
         self._thread: threading.Thread | None = None
@@ -271,11 +263,11 @@ class ControlListener:
         delay = 0.5
         while not self._stop.is_set():
             try:
-                ensure_topics(s, [s.control_topic])
+                ensure_topics(s, [s.kafka.control_topic])
                 consumer = KafkaConsumer(
                     **client_kwargs(s, client_id=f"ranktune-control-{self.group_id[-6:]}"),
                     group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="latest",
-                    session_timeout_ms=s.kafka_session_timeout_ms, heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+                    session_timeout_ms=s.kafka.session_timeout_ms, heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
                     fetch_max_wait_ms=100,
                 )
             except (BrokerUnavailable, KafkaError) as exc:
@@ -285,10 +277,10 @@ class ControlListener:
                 continue
             delay = 0.5
             try:
-                consumer.subscribe([s.control_topic], listener=_Assigned(self._assigned))
-                log.info("control listener on %s, group %s", s.control_topic, self.group_id)
+                consumer.subscribe([s.kafka.control_topic], listener=_Assigned(self._assigned))
+                log.info("control listener on %s, group %s", s.kafka.control_topic, self.group_id)
                 while not self._stop.is_set():
-                    for records in consumer.poll(timeout_ms=s.kafka_poll_timeout_ms).values():
+                    for records in consumer.poll(timeout_ms=s.kafka.poll_timeout_ms).values():
                         for rec in records:
                             self._handle(rec.topic, rec.partition, rec.offset, rec.value)
             except KafkaError as exc:

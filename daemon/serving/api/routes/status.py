@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from daemon.api.deps import ApiContext, get_ctx, require_operator
+from daemon.serving.api.deps import ApiContext, get_ctx, require_operator
 from daemon.status import status_document
 
 router = APIRouter(prefix="/v1", tags=["operator"], dependencies=[Depends(require_operator)])

@@ -20,13 +20,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from daemon.api.errors import OperatorDisabled, error_body
-from daemon.control import Reconciler
 from daemon.errors import AuthError
 from daemon.metrics import Metrics
-from daemon.operator import Publish
-from daemon.scorer import Scorer
+from daemon.serving.api.errors import OperatorDisabled, error_body
+from daemon.serving.control import Reconciler
+from daemon.serving.scorer import Scorer
 from daemon.settings import Settings
+from daemon.training.promotion import Publish
 
 
 @dataclass
@@ -57,7 +57,7 @@ def require_operator(
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> None:
     """Allow the request only with the configured bearer token (constant-time comparison)."""
-    token = ctx.settings.api_token
+    token = ctx.settings.api.token
     if token is None or not token.get_secret_value():
         raise OperatorDisabled("operator endpoints are disabled: no RANKTUNE_API_TOKEN is configured")
     if credentials is None:

@@ -8,51 +8,37 @@ keeps nothing: no half-trained version is registered) and kills it after the gra
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 import multiprocessing as mp
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from adapters.artifacts import sweep_temp
 from daemon.settings import Settings
+from daemon.training.cycle import child_main
+from daemon.training.messages import CycleOutcome, Progress, parse
 from storage import registry
 from storage.db import session_scope
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGET = "daemon.training_cycle:child_main"
 # spawn, not fork: the daemon has threads (Kafka IO, uvicorn, the scorer) that fork would copy mid-state.
 _CTX = mp.get_context("spawn")
 
-
-@dataclass
-class CycleOutcome:
-    run_id: int
-    trigger: str
-    status: str  # succeeded | failed | cancelled | skipped
-    candidate_version: str | None = None
-    gate: dict[str, Any] | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-def _resolve(target: str) -> Callable[..., None]:
-    module, _, name = target.partition(":")
-    fn: Callable[..., None] = getattr(importlib.import_module(module), name)
-    return fn
+ChildTarget = Callable[[Settings, int, str, MpEvent, Connection], None]
+"""The child's entry point (a module-level function: spawn pickles it by name). Tests pass failing ones."""
 
 
 class TrainerProcess:
     """Runs one training cycle at a time in a spawned child."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, target: str = DEFAULT_TARGET) -> None:
+    def __init__(self, settings: Settings, engine: Engine, *, target: ChildTarget = child_main) -> None:
         self._settings = settings
         self._engine = engine
         self._target = target
@@ -71,7 +57,7 @@ class TrainerProcess:
         self._stop.clear()
         parent_conn, child_conn = _CTX.Pipe(duplex=False)
         proc = _CTX.Process(
-            target=_resolve(self._target), name=f"ranktune-train-{run_id}",
+            target=self._target, name=f"ranktune-train-{run_id}",
             args=(self._settings, run_id, trigger, self._stop, child_conn),
         )
         log.info("training run %d (%s) starting in a child process", run_id, trigger)
@@ -87,26 +73,27 @@ class TrainerProcess:
             log.error("training run %d %s: %s", run_id, status, error)
             with session_scope(self._engine) as s:
                 registry.finish_run(session=s, run_id=run_id, status=status, error=error)
-            sweep_temp(self._settings.artifacts_dir)
+            sweep_temp(self._settings.storage.artifacts_dir)
             return CycleOutcome(run_id=run_id, trigger=trigger, status=status, error=error)
-        return CycleOutcome(run_id=run_id, trigger=trigger, status=result["status"],
-                            candidate_version=result.get("candidate_version"), gate=result.get("gate"),
-                            summary=result.get("summary", {}), error=result.get("error"))
+        return result
 
     def _wait(self, proc: Any, conn: Connection, on_progress: Callable[[dict[str, Any]], None] | None,
-              grace_s: float) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = None
+              grace_s: float) -> CycleOutcome | None:
+        result: CycleOutcome | None = None
         stop_deadline: float | None = None
         while True:
             try:
                 while conn.poll(0.2):
-                    msg = conn.recv()
-                    if msg.get("type") == "progress" and on_progress is not None:
-                        on_progress(msg)
-                    elif msg.get("type") == "result":
+                    msg = parse(conn.recv_bytes())
+                    if isinstance(msg, Progress):
+                        if on_progress is not None:
+                            on_progress(msg.event)
+                    else:
                         result = msg
             except (EOFError, OSError):
                 pass  # the child closed its end: it is exiting
+            except ValidationError as exc:  # a bug in the child; treated like a child that never reported
+                log.error("training child sent a malformed message: %s", exc)
             if not proc.is_alive():
                 proc.join()
                 return result
@@ -121,8 +108,3 @@ class TrainerProcess:
                         proc.join()
                     return result
 
-
-def report(conn: Connection, kind: str, **payload: Any) -> None:
-    """Child side: send a message to the parent; a vanished parent is not the child's problem."""
-    with contextlib.suppress(BrokenPipeError, OSError):
-        conn.send({"type": kind, **payload})

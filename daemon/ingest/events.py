@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from daemon.pseudonym import Pseudonymizer
+from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.settings import Settings
 
 Action = Literal["impression", "click", "add_to_cart", "purchase"]
@@ -121,7 +121,7 @@ class ParseConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ParseConfig:
-        return cls(settings.feedback_topic, settings.catalog_topic, settings.max_message_bytes)
+        return cls(settings.kafka.feedback_topic, settings.kafka.catalog_topic, settings.ingest.max_message_bytes)
 
 
 class Parsed(NamedTuple):

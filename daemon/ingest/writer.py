@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from daemon.events import Parsed, Rejection
+from daemon.ingest.events import Parsed, Rejection
 from storage.db import session_scope
 from storage.errors import StorageError
 from storage.events_repo import insert_feedback, upsert_catalog

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.errors import SwapRefused
-from daemon import operator
-from daemon.api.deps import ApiContext, get_ctx, require_operator
-from daemon.control import check_version
+from daemon.serving.api.deps import ApiContext, get_ctx, require_operator
+from daemon.serving.control import check_version
+from daemon.training import promotion
 from storage import registry
 from storage.db import session_scope
 from storage.models import AdapterVersion, AuditLog
@@ -102,7 +102,7 @@ def show_adapter(version: str, ctx: ApiContext = Depends(get_ctx)) -> VersionDet
     return VersionDetailOut(**info, history=history)
 
 
-def _act(ctx: ApiContext, result: operator.ActionResult) -> ActionOut:
+def _act(ctx: ApiContext, result: promotion.ActionResult) -> ActionOut:
     local = "ok"
     if ctx.reconciler is not None:
         try:
@@ -125,14 +125,14 @@ def _actor(request: Request, body: ActionIn | None) -> str:
 @router.post("/{version}/promote", response_model=ActionOut, summary="Make a version the champion")
 def promote(version: str, request: Request, body: ActionIn | None = Body(None),
             ctx: ApiContext = Depends(get_ctx)) -> ActionOut:
-    result = operator.promote(engine=ctx.engine, version=check_version(version), actor=_actor(request, body),
-                              reason=body.reason if body else None, artifacts_dir=ctx.settings.artifacts_dir,
+    result = promotion.promote(engine=ctx.engine, version=check_version(version), actor=_actor(request, body),
+                              reason=body.reason if body else None, artifacts_dir=ctx.settings.storage.artifacts_dir,
                               publish=ctx.publish)
     return _act(ctx, result)
 
 
 @router.post("/rollback", response_model=ActionOut, summary="Go back to the previous champion")
 def rollback(request: Request, body: ActionIn | None = Body(None), ctx: ApiContext = Depends(get_ctx)) -> ActionOut:
-    result = operator.rollback(engine=ctx.engine, actor=_actor(request, body), reason=body.reason if body else None,
-                               artifacts_dir=ctx.settings.artifacts_dir, publish=ctx.publish)
+    result = promotion.rollback(engine=ctx.engine, actor=_actor(request, body), reason=body.reason if body else None,
+                               artifacts_dir=ctx.settings.storage.artifacts_dir, publish=ctx.publish)
     return _act(ctx, result)

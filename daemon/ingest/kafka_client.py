@@ -30,18 +30,18 @@ _FORBIDDEN = {29: "topic authorization failed", 31: "cluster authorization faile
 def client_kwargs(settings: Settings, *, client_id: str | None = None) -> dict[str, Any]:
     """Connection and security arguments shared by `KafkaProducer`, `KafkaConsumer`, `KafkaAdminClient`."""
     kw: dict[str, Any] = {
-        "bootstrap_servers": [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()],
-        "security_protocol": settings.kafka_security_protocol,
+        "bootstrap_servers": [s.strip() for s in settings.kafka.bootstrap.split(",") if s.strip()],
+        "security_protocol": settings.kafka.security_protocol,
     }
     if client_id:
         kw["client_id"] = client_id
-    if settings.kafka_security_protocol.startswith("SASL"):
-        assert settings.kafka_sasl_password is not None  # Settings checks SASL_* has all three
-        kw["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        kw["sasl_plain_username"] = settings.kafka_sasl_username  # kafka-python uses it for SCRAM too
-        kw["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    if settings.kafka_security_protocol.endswith("SSL") and settings.kafka_ssl_cafile is not None:
-        kw["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka.security_protocol.startswith("SASL"):
+        assert settings.kafka.sasl_password is not None  # Settings checks SASL_* has all three
+        kw["sasl_mechanism"] = settings.kafka.sasl_mechanism
+        kw["sasl_plain_username"] = settings.kafka.sasl_username  # kafka-python uses it for SCRAM too
+        kw["sasl_plain_password"] = settings.kafka.sasl_password.get_secret_value()
+    if settings.kafka.security_protocol.endswith("SSL") and settings.kafka.ssl_cafile is not None:
+        kw["ssl_cafile"] = str(settings.kafka.ssl_cafile)
     return kw
 
 
@@ -66,26 +66,26 @@ def ensure_topics(settings: Settings, topics: Iterable[str], *, timeout_ms: int 
             bootstrap_timeout_ms=timeout_ms,
         )
     except KafkaError as exc:
-        raise BrokerUnavailable(f"no Kafka broker answered at {settings.kafka_bootstrap}: {exc}") from exc
+        raise BrokerUnavailable(f"no Kafka broker answered at {settings.kafka.bootstrap}: {exc}") from exc
     try:
         status = {t: "exists" for t in admin.list_topics() if t in wanted}
         missing = [t for t in wanted if t not in status]
         if missing:
             spec = {
-                t: {"num_partitions": settings.kafka_topic_partitions,
-                    "replication_factor": settings.kafka_replication_factor}
+                t: {"num_partitions": settings.kafka.topic_partitions,
+                    "replication_factor": settings.kafka.replication_factor}
                 for t in missing
             }
             result = admin.create_topics(spec, timeout_ms=timeout_ms, raise_errors=False)
             for topic in result["topics"]:
                 status[topic["name"]] = _outcome(topic)
     except KafkaError as exc:
-        raise BrokerUnavailable(f"cannot list or create topics at {settings.kafka_bootstrap}: {exc}") from exc
+        raise BrokerUnavailable(f"cannot list or create topics at {settings.kafka.bootstrap}: {exc}") from exc
     finally:
         admin.close()
     for topic, outcome in status.items():
         if outcome == "created":
-            log.info("created topic %s (%d partitions)", topic, settings.kafka_topic_partitions)
+            log.info("created topic %s (%d partitions)", topic, settings.kafka.topic_partitions)
         elif outcome != "exists":
             log.warning("topic %s not created (%s); it must be created by the operator", topic, outcome)
     return status

@@ -1,6 +1,6 @@
 """Keyed pseudonyms for personal identifiers (`user_id`, `session_id`).
 
-Raw identifiers are never stored or logged: with a key configured (`RANKTUNE_PSEUDONYM_KEY`) they
+Raw identifiers are never stored or logged: with a key configured (`RANKTUNE_INGEST_PSEUDONYM_KEY`) they
 become HMAC-SHA256 hex digests; without one they are dropped. The field name is mixed into the
 message so a user id and a session id with the same text do not share a pseudonym.
 """

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from daemon.api.deps import ApiContext, get_ctx
-from daemon.api.errors import error_body
 from daemon.metrics import CONTENT_TYPE
+from daemon.serving.api.deps import ApiContext, get_ctx
+from daemon.serving.api.errors import error_body
 
 router = APIRouter(tags=["health"])
 

@@ -1,9 +1,12 @@
-"""The serve role: scorer + reconciler + control listener + the HTTP server, started and stopped as one.
+"""The serve role's parts: the live scorer following the registry, the control listener, the HTTP server.
 
-`ServeRole(settings)` builds nothing heavy; `start()` loads the model, starts the scorer worker, brings
-it to the registry's champion (start-up reconcile), marks it ready, starts the periodic reconcile and
-the control listener, and serves HTTP from a thread. `stop()` undoes that in reverse order. `ranktune
-serve` runs it alone (`run()`, with signal handling); `ranktune run` can start it beside other roles.
+`start_scorer` is the one place a scorer is wired: load the model, start the worker, bring it to the
+registry's champion (start-up reconcile), mark it ready, start the periodic reconcile. The serve role uses
+it, and so does a scheduler without a serve role (its drift job scores with the champion).
+
+`ServeRole(settings)` builds nothing heavy; `start()` starts a scorer, the control listener and the HTTP
+server thread; `stop()` undoes that in reverse order. It has no loop of its own: `daemon.app.Application`
+runs it (`ranktune serve`, `ranktune run`), and benchmarks and tests start and stop it directly.
 """
 
 from __future__ import annotations
@@ -20,18 +23,34 @@ import uvicorn
 from sqlalchemy.engine import Engine
 
 from adapters.ranker import Ranker
-from daemon.api.app import create_app
-from daemon.control import ControlListener, ControlMessage, ControlPublisher, Reconciler, registered_loader
 from daemon.errors import StartupCheckFailed
-from daemon.lifecycle import install_signal_handlers
 from daemon.metrics import Metrics
-from daemon.model_specs import lora_spec, model_spec
-from daemon.scorer import Scorer
+from daemon.serving.api.app import create_app
+from daemon.serving.control import ControlListener, ControlMessage, ControlPublisher, Reconciler, registered_loader
+from daemon.serving.scorer import Scorer
 from daemon.settings import Settings
 from storage import registry
 from storage.db import ensure_schema, make_engine, session_scope
 
 log = logging.getLogger(__name__)
+
+
+def start_scorer(stack: ExitStack, settings: Settings, engine: Engine, *, ranker: Ranker | None = None,
+                 metrics: Metrics | None = None) -> tuple[Scorer, Reconciler]:
+    """A ready scorer on the registry's champion and its periodic reconcile; both stop when `stack` closes."""
+    s = settings
+    ranker = ranker or Ranker.load(s.model, s.lora, batch_size=s.scorer.max_batch)
+    scorer = Scorer.from_settings(ranker, s, loader=registered_loader(engine, s.storage.artifacts_dir),
+                                  metrics=metrics)
+    scorer.start()
+    stack.callback(scorer.stop)
+    reconciler = Reconciler(engine, scorer, interval_s=s.scorer.reconcile_interval_s)
+    if reconciler.safe_sync("start-up") is None:
+        log.error("start-up reconcile failed; serving %s until the next reconcile", scorer.version)
+    scorer.mark_ready()
+    reconciler.start()
+    stack.callback(reconciler.stop)
+    return scorer, reconciler
 
 
 class ServeRole:
@@ -47,8 +66,9 @@ class ServeRole:
         ingest_stats: Callable[[], Mapping[str, Any]] | None = None,
         schedule: Callable[[], Mapping[str, Any]] | None = None,
         control: bool = True,
+        publisher: ControlPublisher | None = None,
     ) -> None:
-        """`engine`/`ranker` may be given (tests, `ranktune run`); otherwise `start()` makes them.
+        """`engine`/`ranker`/`publisher` may be given (tests, `ranktune run`); otherwise `start()` makes them.
 
         `control=False` runs without the broker: no control notices are sent or read, and replicas
         converge by their periodic reconcile only.
@@ -60,19 +80,18 @@ class ServeRole:
         self._ingest_stats = ingest_stats
         self._schedule = schedule
         self._control = control
+        self.publisher = publisher
         self._stack = ExitStack()
-        self._stop_requested = threading.Event()
         self.scorer: Scorer | None = None
         self.reconciler: Reconciler | None = None
         self.listener: ControlListener | None = None
-        self.publisher: ControlPublisher | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.api_host}:{self.port}"
+        return f"http://{self.settings.api.host}:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> ServeRole:
         """Load, reconcile, and serve; returns once the HTTP server accepts connections."""
@@ -80,24 +99,15 @@ class ServeRole:
         try:
             engine = self._engine
             if engine is None:
-                engine = make_engine(s.sqlalchemy_url)
+                engine = make_engine(s.storage.sqlalchemy_url)
                 self._stack.callback(engine.dispose)
             ensure_schema(engine)
-            ranker = self._ranker or Ranker.load(model_spec(s), lora_spec(s), batch_size=s.scorer_max_batch)
-            scorer = self.scorer = Scorer.from_settings(
-                ranker, s, loader=registered_loader(engine, s.artifacts_dir), metrics=self.metrics)
-            scorer.start()
-            self._stack.callback(scorer.stop)
-            reconciler = self.reconciler = Reconciler(engine, scorer, interval_s=s.reconcile_interval_s)
-            served = reconciler.safe_sync("start-up")
-            if served is None:
-                log.error("start-up reconcile failed; serving %s until the next reconcile", scorer.version)
-            scorer.mark_ready()
-            reconciler.start()
-            self._stack.callback(reconciler.stop)
+            scorer, reconciler = start_scorer(self._stack, s, engine, ranker=self._ranker, metrics=self.metrics)
+            self.scorer, self.reconciler = scorer, reconciler
             if self._control:
-                self.publisher = ControlPublisher(s)
-                self._stack.callback(self.publisher.close)
+                if self.publisher is None:
+                    self.publisher = ControlPublisher(s)
+                    self._stack.callback(self.publisher.close)
                 self.listener = ControlListener(s, self._on_control)
                 self.listener.start()
                 self._stack.callback(self.listener.stop)
@@ -125,14 +135,14 @@ class ServeRole:
         # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the listening
         # socket says TCP; without it, keep-alive responses (headers and body written apart) stall ~40 ms
         # on Nagle + delayed ACK.
-        family = socket.AF_INET6 if ":" in s.api_host else socket.AF_INET
+        family = socket.AF_INET6 if ":" in s.api.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((s.api_host, s.api_port))
+            sock.bind((s.api.host, s.api.port))
         except OSError as exc:
             sock.close()
-            raise StartupCheckFailed(f"cannot bind {s.api_host}:{s.api_port}: {exc} (set RANKTUNE_API_PORT)") from exc
+            raise StartupCheckFailed(f"cannot bind {s.api.host}:{s.api.port}: {exc} (set RANKTUNE_API_PORT)") from exc
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False, timeout_graceful_shutdown=5)
         server = self._server = uvicorn.Server(config)
@@ -157,27 +167,10 @@ class ServeRole:
         """Every thread of the role is alive (for a supervisor like `ranktune run`)."""
         return bool(self.scorer and self.scorer.ready and self._thread and self._thread.is_alive())
 
-    def request_stop(self) -> None:
-        """Ask `run()` to return (signal-safe: only sets a flag)."""
-        self._stop_requested.set()
-
     def stop(self) -> None:
         """Stop HTTP first (no new requests), then the listener, the reconcile and the scorer."""
         self._stack.close()
         log.info("serve role stopped")
-
-    def run(self) -> None:
-        """Start, serve until SIGINT/SIGTERM (or `request_stop()`), stop."""
-        restore = install_signal_handlers(self.request_stop)
-        try:
-            self.start()
-            while not self._stop_requested.wait(1.0):
-                if not self.healthy():
-                    log.error("a serve thread died; stopping")
-                    break
-        finally:
-            self.stop()
-            restore()
 
 
 def _last_change(engine: Engine) -> float | None:

@@ -14,9 +14,9 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from adapters.product_text import product_text
-from daemon.api.deps import ApiContext, get_ctx
-from daemon.api.errors import UnknownItems
-from daemon.scorer import ScoreTimeout
+from daemon.serving.api.deps import ApiContext, get_ctx
+from daemon.serving.api.errors import UnknownItems
+from daemon.serving.scorer import ScoreTimeout
 from daemon.settings import Settings
 from storage import events_repo
 from storage.db import session_scope
@@ -50,7 +50,7 @@ def catalog_texts(engine: Engine, item_ids: Sequence[str]) -> dict[str, str]:
 
 def build_router(settings: Settings) -> APIRouter:
     """The score route, with the request limits of `settings` in its schema (and so in the OpenAPI)."""
-    max_text = settings.api_max_text_chars
+    max_text = settings.api.max_text_chars
     Text = Annotated[str, StringConstraints(max_length=max_text)]
 
     class ScoreItemIn(BaseModel):
@@ -61,7 +61,7 @@ def build_router(settings: Settings) -> APIRouter:
     class ScoreRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         query: Text
-        items: list[ScoreItemIn] = Field(min_length=1, max_length=settings.api_max_items)
+        items: list[ScoreItemIn] = Field(min_length=1, max_length=settings.api.max_items)
 
         @field_validator("query")
         @classmethod
@@ -96,7 +96,7 @@ def build_router(settings: Settings) -> APIRouter:
             texts.update(known)
         ids = [i.item_id for i in body.items]
         future = ctx.scorer.submit([(body.query, texts[i]) for i in ids])
-        timeout = ctx.settings.scorer_request_timeout_s
+        timeout = ctx.settings.scorer.request_timeout_s
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:

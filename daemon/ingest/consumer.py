@@ -35,13 +35,13 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, T
 from kafka.errors import KafkaError
 from sqlalchemy.engine import Engine
 
-from daemon.deadletter import DeadLetterPublisher, Sent
 from daemon.errors import BrokerUnavailable
-from daemon.events import ParseConfig, Parsed, Rejection, parse_record
-from daemon.ingest_stats import IngestStats
-from daemon.ingest_writer import DB_UNAVAILABLE, short_error, write_batch
-from daemon.kafka_client import client_kwargs, ensure_topics
-from daemon.pseudonym import Pseudonymizer
+from daemon.ingest.deadletter import DeadLetterPublisher, Sent
+from daemon.ingest.events import ParseConfig, Parsed, Rejection, parse_record
+from daemon.ingest.kafka_client import client_kwargs, ensure_topics
+from daemon.ingest.pseudonym import Pseudonymizer
+from daemon.ingest.stats import IngestStats
+from daemon.ingest.writer import DB_UNAVAILABLE, short_error, write_batch
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Ingestor:
         self._engine = engine
         self._create_topics = create_topics
         self._parse_config = ParseConfig.from_settings(settings)
-        self._pseudonymize = Pseudonymizer(settings.pseudonym_key)
+        self._pseudonymize = Pseudonymizer(settings.ingest.pseudonym_key)
         self._stop = threading.Event()
         self._running = False
         self._consumer: KafkaConsumer | None = None
@@ -127,7 +127,7 @@ class Ingestor:
             with ExitStack() as stack:
                 if not self._connect(stack):
                     return
-                self._next_summary = time.monotonic() + self.settings.stats_interval_s
+                self._next_summary = time.monotonic() + self.settings.ingest.stats_interval_s
                 while not self._stop.is_set():
                     self._touch()
                     self._turn()
@@ -156,38 +156,38 @@ class Ingestor:
             try:
                 if self._create_topics:
                     try:
-                        ensure_topics(s, [s.feedback_topic, s.catalog_topic, s.deadletter_topic],
+                        ensure_topics(s, [s.kafka.feedback_topic, s.kafka.catalog_topic, s.kafka.deadletter_topic],
                                       timeout_ms=CONNECT_TIMEOUT_MS)
                     except BrokerUnavailable as exc:
                         log.warning("topics not checked: %s", exc)
                 with ExitStack() as attempt:
                     consumer = KafkaConsumer(
                         **client_kwargs(s, client_id="ranktune-ingest"),
-                        group_id=s.kafka_group,
+                        group_id=s.kafka.group,
                         enable_auto_commit=False,
                         auto_offset_reset="earliest",
-                        session_timeout_ms=s.kafka_session_timeout_ms,
-                        heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
-                        max_poll_interval_ms=s.kafka_max_poll_interval_ms,
-                        max_poll_records=s.kafka_poll_max_records,
+                        session_timeout_ms=s.kafka.session_timeout_ms,
+                        heartbeat_interval_ms=s.kafka.heartbeat_interval_ms,
+                        max_poll_interval_ms=s.kafka.max_poll_interval_ms,
+                        max_poll_records=s.kafka.poll_max_records,
                         bootstrap_timeout_ms=CONNECT_TIMEOUT_MS,
                         reconnect_backoff_max_ms=5000,
                     )
                     attempt.callback(consumer.close, autocommit=False)
-                    deadletter = DeadLetterPublisher(s, flush_timeout_s=min(10.0, s.kafka_max_poll_interval_ms / 4000))
+                    deadletter = DeadLetterPublisher(s, flush_timeout_s=min(10.0, s.kafka.max_poll_interval_ms / 4000))
                     attempt.callback(deadletter.close)
-                    consumer.subscribe([s.feedback_topic, s.catalog_topic], listener=_LogAssignments())
+                    consumer.subscribe([s.kafka.feedback_topic, s.kafka.catalog_topic], listener=_LogAssignments())
                     stack.push(attempt.pop_all())
             except KafkaError as exc:
                 if not exc.retriable:  # e.g. SASL authentication failed: no point in retrying
                     raise
                 delay = backoff.next()
                 self.stats.add(broker_errors=1)
-                log.warning("Kafka at %s unavailable (%s); retrying in %.1fs", s.kafka_bootstrap, exc, delay)
+                log.warning("Kafka at %s unavailable (%s); retrying in %.1fs", s.kafka.bootstrap, exc, delay)
                 self._stop.wait(delay)
                 continue
             self._consumer, self._deadletter = consumer, deadletter
-            log.info("consuming %s, %s as group %s", s.feedback_topic, s.catalog_topic, s.kafka_group)
+            log.info("consuming %s, %s as group %s", s.kafka.feedback_topic, s.kafka.catalog_topic, s.kafka.group)
             return True
         return False
 
@@ -199,13 +199,13 @@ class Ingestor:
             # held batch: stay in the group without fetching, retry when the back-off has passed
             consumer.pause(*consumer.assignment())
             wait_ms = int(max(0.0, self._retry_at - time.monotonic()) * 1000)
-            records = self._poll(min(wait_ms, self.settings.kafka_poll_timeout_ms))
+            records = self._poll(min(wait_ms, self.settings.kafka.poll_timeout_ms))
             for tp, recs in records.items():  # from a partition assigned before we paused it
                 consumer.seek(tp, recs[0].offset)
             if time.monotonic() >= self._retry_at:
                 self._process()
             return
-        records = self._poll(self.settings.kafka_poll_timeout_ms)
+        records = self._poll(self.settings.kafka.poll_timeout_ms)
         if records:
             self._pending = self._parse(records)
             self._process()
@@ -308,7 +308,7 @@ class Ingestor:
         if not owned:
             return
         try:
-            self._consumer.commit(owned, timeout_ms=self.settings.kafka_max_poll_interval_ms // 2)
+            self._consumer.commit(owned, timeout_ms=self.settings.kafka.max_poll_interval_ms // 2)
             self.stats.committed()
         except KafkaError as exc:
             self.stats.add(commit_failures=1)
@@ -322,6 +322,6 @@ class Ingestor:
     def _maybe_summary(self) -> None:
         now = time.monotonic()
         if now >= self._next_summary:
-            self._next_summary = now + self.settings.stats_interval_s
+            self._next_summary = now + self.settings.ingest.stats_interval_s
             log.info("ingest: %s", self.stats.summary())
 

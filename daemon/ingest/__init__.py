@@ -1,0 +1,1 @@
+"""Ingestion: Kafka feedback and catalog events, validated, stored once, rejects dead-lettered."""

@@ -1,0 +1,1 @@
+"""Serving: the live scorer, the control topic and reconcile, the HTTP API."""

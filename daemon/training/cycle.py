@@ -1,0 +1,168 @@
+"""One training cycle, run inside the training child: data from the DB -> candidate -> gate -> registry.
+
+The cycle never touches the champion alias: it only adds a candidate version with its gate decision.
+Promotion is the parent's job (automatic or by an operator), so a crash here leaves the champion as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from adapters import artifacts, dataset, gate, training
+from adapters.dataset import QueryGroup
+from adapters.errors import NotEnoughData
+from adapters.product_text import product_text
+from adapters.ranker import Ranker
+from adapters.ranking_metrics import EvalResult, evaluate_groups
+from daemon.settings import Settings
+from daemon.training.messages import CycleOutcome, CycleSummary, GateVerdict, Progress, RunStatus, report
+from storage import events_repo, registry
+from storage.db import make_engine, session_scope
+from storage.models import AdapterVersion
+
+log = logging.getLogger(__name__)
+
+# Events read per cycle: the newest ones, enough for `train_max_groups` result pages of ~10 items.
+EVENTS_PER_GROUP = 12
+
+
+def load_groups(settings: Settings, engine: Engine) -> tuple[list[QueryGroup], list[QueryGroup], datetime | None]:
+    """(new groups since the last run's cutoff, older groups for replay/regression, newest ingested_at)."""
+    with session_scope(engine) as s:
+        cutoff_before = registry.last_data_cutoff(session=s)
+        newest = events_repo.latest_ingested_at(session=s)
+        events = events_repo.recent_feedback(session=s, limit=settings.train.max_groups * EVENTS_PER_GROUP)
+        catalog = events_repo.catalog_items(session=s, item_ids=sorted({e.item_id for e in events}))
+    texts = {item_id: product_text(item.model_dump()) for item_id, item in catalog.items()}
+    if cutoff_before is None:
+        return dataset.build_groups([e.model_dump() for e in events], texts.get), [], newest
+    # A result page whose events straddle the cutoff splits in two partial groups: rare, and harmless.
+    new = [e.model_dump() for e in events if e.ingested_at > cutoff_before]
+    old = [e.model_dump() for e in events if e.ingested_at <= cutoff_before]
+    return dataset.build_groups(new, texts.get), dataset.build_groups(old, texts.get), newest
+
+
+def _per_group(result: EvalResult | None) -> list[float] | None:
+    return None if result is None else list(result.per_group_ndcg)
+
+
+@dataclass
+class _Champion:
+    """The version a candidate must beat, loaded into the training ranker (`adapter` None: the base)."""
+
+    version: str
+    adapter: str | None
+    state: dict[str, Any] | None
+
+    def scores(self, ranker: Ranker) -> Callable[[str, Sequence[str]], Any]:
+        return lambda query, texts: ranker.score(query, texts, adapter=self.adapter)
+
+
+def _load_champion(settings: Settings, engine: Engine, ranker: Ranker) -> tuple[_Champion, str]:
+    """The champion (its weights added to `ranker`) and the name the new candidate gets."""
+    with session_scope(engine) as s:
+        version = registry.champion(session=s)
+        row = None if version == registry.BASE else registry.get_version(session=s, version=version)
+        candidate = registry.next_version_name(session=s)
+    if row is None:
+        return _Champion(version, None, None), candidate
+    loaded = artifacts.load_adapter(settings.storage.artifacts_dir, version, expected_checksum=row.checksum)
+    name = f"champion-{version}"
+    ranker.add_adapter(name, loaded.state, loaded.peft_config)
+    return _Champion(version, name, loaded.state), candidate
+
+
+def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
+              should_stop: Callable[[], bool], on_progress: Callable[[dict[str, Any]], None]) -> CycleOutcome:
+    """Train, evaluate and register one candidate; the outcome is what the parent is told."""
+    cfg = settings.configs()
+    new, old, newest = load_groups(settings, engine)
+    splits = dataset.split(new, cfg.split, previous=old)
+    ranker = Ranker.load(cfg.model, cfg.lora)
+    champion, version = _load_champion(settings, engine, ranker)
+    champ_holdout = evaluate_groups(champion.scores(ranker), splits.holdout)
+    champ_regression = evaluate_groups(champion.scores(ranker), splits.regression) if splits.regression else None
+
+    result = training.train(ranker, splits, cfg.train, adapter_name=version,
+                            init_state=champion.state if settings.train.warm_start else None,
+                            on_progress=on_progress, should_stop=should_stop)
+    if result.stopped:
+        error = "stopped by shutdown; no version kept"
+        with session_scope(engine) as s:
+            registry.finish_run(session=s, run_id=run_id, status="cancelled", seconds=result.seconds, error=error)
+        return CycleOutcome(run_id=run_id, trigger=trigger, status="cancelled", error=error)
+
+    verdict = GateVerdict(compared_with=champion.version, decision=gate.decide(
+        _per_group(result.holdout) or [], _per_group(champ_holdout) or [],
+        _per_group(result.regression), _per_group(champ_regression), cfg.gate, seed=settings.train.seed))
+    info = artifacts.save_adapter(
+        settings.storage.artifacts_dir, version, result.state, ranker.peft_config(version),
+        meta={"parent": champion.version, "run_id": run_id, "trigger": trigger, "base_model": ranker.base.model_id},
+    )
+    metrics = {
+        "candidate": {"holdout": result.holdout.to_dict(),
+                      "regression": result.regression.to_dict() if result.regression else None},
+        "compared_with": {"version": champion.version, "holdout": champ_holdout.to_dict(),
+                          "regression": champ_regression.to_dict() if champ_regression else None},
+        "history": result.history,
+    }
+    summary = CycleSummary(
+        device=str(ranker.device), quantization=ranker.base.quantization, artifact_path=str(info.path),
+        metrics=metrics, n_train=len(splits.train), n_holdout=len(splits.holdout), best_step=result.best_step,
+        steps=result.steps, early_stopped=result.early_stopped, seconds=result.seconds)
+    with session_scope(engine) as s:
+        registry.add_version(session=s, version=AdapterVersion(
+            version=version, parent_version=None if champion.adapter is None else champion.version,
+            base_model=ranker.base.model_id, quantization=ranker.base.quantization,
+            lora_config=ranker.peft_config(version), metrics=metrics, gate=verdict.record(), status="candidate",
+            artifact_path=str(info.path), checksum=info.checksum, training_run_id=run_id,
+            created_at=datetime.now().astimezone(),
+        ))
+        registry.finish_run(
+            session=s, run_id=run_id, status="succeeded", device=summary.device,
+            quantization=summary.quantization, n_train=summary.n_train, n_holdout=summary.n_holdout,
+            n_regression=len(splits.regression), n_replay=splits.replay_count, best_step=result.best_step,
+            steps=result.steps, early_stopped=result.early_stopped, seconds=result.seconds,
+            examples_per_s=result.examples_per_s, metrics=metrics, gate=verdict.record(),
+            candidate_version=version, data_cutoff=newest,
+        )
+    return CycleOutcome(run_id=run_id, trigger=trigger, status="succeeded", candidate_version=version,
+                        gate=verdict, summary=summary)
+
+
+def child_main(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
+    """Entry point of the training child (see `daemon.training.trainer_process`)."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent owns shutdown and tells this
+    # child through `stop` (and kills it after the grace period), so the child ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s [train] %(name)s: %(message)s")
+    engine = make_engine(settings.storage.sqlalchemy_url)
+    try:
+        outcome = run_cycle(settings, engine, run_id, trigger, should_stop=stop.is_set,
+                            on_progress=lambda event: report(conn, Progress(event=event)))
+    except NotEnoughData as exc:
+        outcome = _record_failure(engine, run_id, trigger, "skipped", str(exc))
+    except Exception as exc:
+        log.exception("training run %d failed", run_id)
+        outcome = _record_failure(engine, run_id, trigger, "failed", f"{type(exc).__name__}: {exc}",
+                                  tb=traceback.format_exc(limit=5))
+    report(conn, outcome)
+    conn.close()
+    engine.dispose()
+
+
+def _record_failure(engine: Engine, run_id: int, trigger: str, status: RunStatus, error: str,
+                    tb: str | None = None) -> CycleOutcome:
+    with session_scope(engine) as s:
+        registry.finish_run(session=s, run_id=run_id, status=status, error=error if tb is None else f"{error}\n{tb}")
+    return CycleOutcome(run_id=run_id, trigger=trigger, status=status, error=error)
