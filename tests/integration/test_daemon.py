@@ -130,7 +130,6 @@ def test_drift_triggers_a_retrain_that_is_promoted_and_serves_better_rankings(da
     assert run.trigger == "drift" and run.status == "succeeded", run.error
     gate = run.gate or {}
     assert gate["compared_with"] == pre_champion  # judged against what shoppers were getting
-    assert gate["ndcg_gain"] == pytest.approx(gate["candidate_ndcg"] - gate["champion_ndcg"])
     assert gate["passed"], gate["reasons"]  # promoted, hot-swapped, and better on the new taste
     assert champion == run.candidate_version != pre_champion
     assert audit[0].action == "auto_promote" and audit[0].to_version == champion

@@ -15,7 +15,6 @@ from adapters.artifacts import load_adapter, save_adapter, sweep_temp, validate_
 from adapters.dataset import Splits
 from adapters.errors import (
     ArtifactCorrupt,
-    ArtifactError,
     ArtifactExists,
     ArtifactMissing,
     InvalidVersionName,
@@ -94,10 +93,13 @@ def test_missing_version_and_wrong_expected_checksum(tmp_path: Path) -> None:
 
 
 def test_versions_are_immutable(tmp_path: Path) -> None:
-    save_adapter(tmp_path, "v0001", _state(), CONFIG, META)
+    first = save_adapter(tmp_path, "v0001", _state(), CONFIG, META)
+    other = {k: v + 1.0 for k, v in _state().items()}
     with pytest.raises(ArtifactExists):
-        save_adapter(tmp_path, "v0001", _state(), CONFIG, META)
-    assert isinstance(ArtifactExists("x"), ArtifactError)
+        save_adapter(tmp_path, "v0001", other, CONFIG, META)
+    kept = load_adapter(tmp_path, "v0001", expected_checksum=first.checksum)  # the refused write changed nothing
+    assert all(torch.equal(kept.state[k], v) for k, v in _state().items())
+    assert not list(tmp_path.glob(".tmp-*"))
 
 
 @pytest.mark.parametrize("name", ["v1", "../v0001", "v0001/x", "V0001", "v0001 ", "", "latest", "v00a1"])
