@@ -118,7 +118,7 @@ def test_quantized_training_updates_only_lora_and_head(
             trainable.extend(n for n, p in ranker.model.named_parameters() if p.requires_grad)
 
     name = f"tr_{quantization}"
-    cfg = replace(FAST, learning_rate=2e-3, epochs=1, eval_every_steps=3)
+    cfg = FAST.model_copy(update=dict(learning_rate=2e-3, epochs=1, eval_every_steps=3))
     data = replace(small_splits, train=small_splits.train[-40:])  # 5 steps
     result = train(ranker, data, cfg, adapter_name=name, on_progress=on_progress)
 
@@ -139,8 +139,8 @@ def test_early_stopping_keeps_the_best_checkpoint(load_ranker: Callable[..., Any
     # A far too high learning rate: the holdout peaks early, then degrades; the run must stop and
     # hand back the peak, not the last weights.
     ranker = load_ranker("none")
-    cfg = replace(FAST, learning_rate=1e-2, warmup_ratio=0.0, epochs=3, eval_every_steps=2, patience=2,
-                  min_delta=0.0)
+    cfg = FAST.model_copy(update=dict(learning_rate=1e-2, warmup_ratio=0.0, epochs=3, eval_every_steps=2,
+                                      patience=2, min_delta=0.0))
     result = train(ranker, small_splits, cfg, adapter_name="tr_early")
     logger.info("early stopping history: %s", [(h["step"], round(h["holdout_ndcg10"], 4)) for h in result.history])
     assert result.early_stopped
@@ -166,7 +166,7 @@ def test_warm_start_should_stop_and_budget(trained: tuple[Any, TrainResult], syn
     assert res.history[0]["holdout_ndcg10"] == pytest.approx(first.holdout.ndcg10, abs=1e-9)
     assert all(torch.equal(res.state[k], v) for k, v in first.state.items())
     # A tiny wall-clock budget ends the run cleanly after the first evaluation.
-    res = train(ranker, synthetic_splits, replace(FAST, max_seconds=0.01), adapter_name="tr_budget")
+    res = train(ranker, synthetic_splits, FAST.model_copy(update=dict(max_seconds=0.01)), adapter_name="tr_budget")
     assert res.stopped_by_budget and res.steps == 0 and res.state
 
 
