@@ -242,3 +242,14 @@ class IngestStatsOut(BaseModel):
         "null when the process has no counters at all.")
     stored: IngestStored
     rate: IngestRate
+
+
+# --- health ----------------------------------------------------------------------------------------
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadyOut(BaseModel):
+    status: str
+    adapter_version: str
+    control: str = Field(description="State of the control-topic listener (`off` without one).")
