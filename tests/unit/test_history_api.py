@@ -207,3 +207,18 @@ def test_openapi_documents_the_history(client: TestClient) -> None:
         assert ok["$ref"].endswith(model), path
     assert "before" in {p["name"] for p in spec["paths"]["/v1/runs"]["get"]["parameters"]}
     assert spec["paths"]["/v1/runs"]["get"]["security"] and "security" not in spec["paths"]["/v1/ingest/stats"]["get"]
+
+
+def test_every_console_file_is_package_data() -> None:
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = root / "daemon" / "serving" / "api"
+    globs = patterns["daemon.serving.api"]
+    files = [p.relative_to(package).as_posix() for p in (package / "static").rglob("*") if p.is_file()]
+    assert "static/vendor/uPlot.iife.min.js" in files and "static/index.html" in files
+    # setuptools' `*` does not cross folders, like fnmatch on the parts: each file needs a pattern of its depth
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert missing == []
