@@ -72,6 +72,7 @@ export function VersionPage({ name, refresh, onAction }) {
   if (!data) return html`<p class="muted">Loading…</p>`;
   const { version: v, run } = data;
   const gate = v.gate || {};
+  const propensity = (run && run.propensity) || (v.metrics || {}).propensity;  // the run's, else the version's
   return html`<section class="card" data-testid="version-page">
     <h2>${v.version} <${Status} status=${v.status} />
       ${v.status !== "champion" ? html` <button class="primary" data-testid=${`promote-${v.version}`}
@@ -80,15 +81,15 @@ export function VersionPage({ name, refresh, onAction }) {
       <dt>parent</dt><dd>${v.parent_version || "base"}</dd><dt>base model</dt><dd>${v.base_model || "–"}</dd>
       <dt>quantization</dt><dd>${v.quantization || "–"}</dd><dt>created</dt><dd>${fmt.time(v.created_at)}</dd>
       <dt>checksum</dt><dd class="small">${(v.checksum || "").slice(0, 16)}…</dd>
-      ${run ? html`<dt>training run</dt><dd>#${run.id} (${run.trigger}), ${run.n_train} groups, ${run.steps} steps,
-        ${fmt.num(run.seconds, 0)} s, ${fmt.num(run.examples_per_s, 1)} pairs/s${run.early_stopped ? ", early stop" : ""}</dd>` : null}
+      ${run ? html`<dt>training run</dt><dd>#${run.id} (${run.trigger}), ${run.n_train} groups, ${run.steps} steps, ${
+        fmt.num(run.seconds, 0)} s, ${fmt.num(run.examples_per_s, 1)} pairs/s${run.early_stopped ? ", early stop" : ""}</dd>` : null}
       <dt>gate</dt><dd><${Gate} gate=${v.gate} /><ul class="reasons">${(gate.reasons || []).map((r) => html`<li>${r}</li>`)}</ul>
-        ${gate.ci_low !== undefined ? html`<span class="small">95% interval of the gain [${fmt.signed(gate.ci_low)},
+        ${gate.ci_low !== undefined ? html`<span class="small">bootstrap interval of the gain (at the gate's confidence) [${fmt.signed(gate.ci_low)},
           ${fmt.signed(gate.ci_high)}] over ${gate.n_groups} groups</span>` : null}</dd>
     </dl><${Metrics} m=${v.metrics || {}} /></div>
     <div class="charts">
       ${run && run.curve.length ? html`<${CurveChart} run=${run} />` : html`<p class="muted">No training curve recorded.</p>`}
-      ${run && run.propensity ? html`<${PropensityChart} propensity=${run.propensity} />` : null}
+      ${propensity ? html`<${PropensityChart} propensity=${propensity} />` : null}
     </div>
     <h3>Audit history</h3><${AuditTable} rows=${v.history} testid="version-audit" />
   </section>`;
