@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlmodel import Session, col
@@ -174,3 +174,17 @@ def catalog_items(*, session: Session, item_ids: Sequence[str] | None = None) ->
     if item_ids is not None:
         q = q.where(col(CatalogItem.item_id).in_(list(item_ids)))
     return {c.item_id: c for c in session.execute(q).scalars().all()}
+
+
+def ingest_counts(*, session: Session, since: datetime, until: datetime, bucket_s: int) -> dict[int, int]:
+    """Feedback events stored per `bucket_s`-second bucket of ingestion time in [since, until):
+    `{bucket start as Unix seconds: events}`, empty buckets left out. Counted by the database (one row per
+    bucket comes back, not one per event)."""
+    ts = col(FeedbackEvent.ingested_at)
+    if session.get_bind().dialect.name == "postgresql":
+        bucket: Any = func.floor(func.extract("epoch", ts) / bucket_s) * bucket_s
+    else:  # SQLite stores "YYYY-MM-DD HH:MM:SS.ffffff" in UTC, which strftime('%s') reads; integer division
+        bucket = cast(func.strftime("%s", ts), Integer) // bucket_s * bucket_s
+    bucket = bucket.label("bucket")
+    q = (select(bucket, func.count()).where(ts >= since, ts < until).group_by(bucket))
+    return {int(b): int(n) for b, n in session.execute(q).all()}

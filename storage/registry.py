@@ -215,3 +215,66 @@ def add_drift_report(*, session: Session, report: DriftReport) -> DriftReport:
 def recent_drift(*, session: Session, limit: int = 10) -> list[DriftReport]:
     q = select(DriftReport).order_by(col(DriftReport.id).desc()).limit(limit)
     return list(session.execute(q).scalars().all())
+
+
+# --- paged history (the history API and the console) -------------------------------------------
+# Keyset paging: newest first, `before` is the id of the last row of the previous page. Rows are
+# append-only with increasing ids, so a page never repeats or skips a row when new rows arrive between
+# two requests (an offset would shift by the rows added since).
+def runs_page(*, session: Session, limit: int, before: int | None = None, status: str | None = None,
+              trigger: str | None = None) -> list[TrainingRun]:
+    """Up to `limit` training runs older than id `before`, newest first, optionally of one status/trigger."""
+    q = select(TrainingRun).order_by(col(TrainingRun.id).desc()).limit(limit)
+    if before is not None:
+        q = q.where(col(TrainingRun.id) < before)
+    if status is not None:
+        q = q.where(col(TrainingRun.status) == status)
+    if trigger is not None:
+        q = q.where(col(TrainingRun.trigger) == trigger)
+    return list(session.execute(q).scalars().all())
+
+
+def get_run(*, session: Session, run_id: int) -> TrainingRun:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise VersionNotFound(f"no training run {run_id}")
+    return run
+
+
+def drift_page(*, session: Session, limit: int, before: int | None = None,
+               since: datetime | None = None) -> list[DriftReport]:
+    """Up to `limit` drift reports older than id `before` and created at or after `since`, newest first."""
+    q = select(DriftReport).order_by(col(DriftReport.id).desc()).limit(limit)
+    if before is not None:
+        q = q.where(col(DriftReport.id) < before)
+    if since is not None:
+        q = q.where(col(DriftReport.created_at) >= since)
+    return list(session.execute(q).scalars().all())
+
+
+def runs_started_since(*, session: Session, since: datetime, trigger: str | None = None) -> list[TrainingRun]:
+    """Training runs started at or after `since`, oldest first (to link drift reports to their retrains)."""
+    q = select(TrainingRun).where(col(TrainingRun.started_at) >= since).order_by(col(TrainingRun.id))
+    if trigger is not None:
+        q = q.where(col(TrainingRun.trigger) == trigger)
+    return list(session.execute(q).scalars().all())
+
+
+def fired_drift_after(*, session: Session, after: datetime) -> datetime | None:
+    """When the first drift report after `after` fired (None: none has)."""
+    q = select(func.min(col(DriftReport.created_at))).where(
+        col(DriftReport.created_at) > after, col(DriftReport.fired).is_(True))
+    return session.execute(q).scalar_one()
+
+
+def audit_page(*, session: Session, limit: int, before: int | None = None, version: str | None = None,
+               action: str | None = None) -> list[AuditLog]:
+    """Up to `limit` audit rows older than id `before`, newest first; `version`: rows naming it (from or to)."""
+    q = select(AuditLog).order_by(col(AuditLog.id).desc()).limit(limit)
+    if before is not None:
+        q = q.where(col(AuditLog.id) < before)
+    if version is not None:
+        q = q.where((col(AuditLog.from_version) == version) | (col(AuditLog.to_version) == version))
+    if action is not None:
+        q = q.where(col(AuditLog.action) == action)
+    return list(session.execute(q).scalars().all())

@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.fixtures.model",
     "tests.fixtures.scoring",
     "tests.fixtures.training",
+    "tests.fixtures.history",
 ]

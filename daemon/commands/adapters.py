@@ -12,10 +12,11 @@ import json
 import sys
 from typing import Any
 
+from daemon.commands.common import open_existing
 from daemon.settings import Settings
 from daemon.status import holdout_ndcg, version_dict
 from storage import registry
-from storage.db import ensure_schema, make_engine, session_scope
+from storage.db import session_scope
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,13 +51,14 @@ def _f4(x: float | None) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from daemon.serving.control import ControlPublisher, check_version
-    from daemon.training.promotion import promote, rollback
-    engine = make_engine(settings.storage.sqlalchemy_url)
+    """list/show read the registry only (no model stack is imported); promote/rollback verify artifacts."""
+    engine = open_existing(settings)  # never creates or migrates a database: there is nothing to list in a new one
     try:
-        ensure_schema(engine)
         action = args.adapters_action
         if action in ("promote", "rollback"):
+            from daemon.serving.control import ControlPublisher, check_version
+            from daemon.training.promotion import promote, rollback
+
             publisher = None if args.no_publish else ControlPublisher(settings)
             try:
                 common: dict[str, Any] = {"engine": engine, "actor": args.actor, "reason": args.reason,
@@ -90,13 +92,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"{r['version']:<10} {r['status']:<10} {r['parent_version'] or '-':<10} "
                           f"{_f4(holdout_ndcg(r['metrics'])):>8}  {r['created_at']}")
                 return 0
-            version = check_version(args.version)
+            version = args.version  # a name that is no version is simply not found
             info: dict[str, Any] = ({"version": version, "status": "champion" if champion == version else "base"}
                     if version == registry.BASE else version_dict(registry.get_version(session=s, version=version)))
             info["history"] = [
                 {"ts": a.ts.isoformat(), "actor": a.actor, "action": a.action, "from": a.from_version,
                  "to": a.to_version, "reason": a.reason}
-                for a in registry.audit_log(session=s, limit=500) if version in (a.from_version, a.to_version)
+                for a in registry.audit_page(session=s, limit=500, version=version)
             ]
         if args.json:
             print(json.dumps(info, default=str))

@@ -1,9 +1,15 @@
-"""`ranktune db upgrade|current`: schema management."""
+"""`ranktune db upgrade|current`: schema management.
+
+`upgrade` creates a missing SQLite database; `current` only reads (a missing file is an error) and exits 1
+when the schema is not the one this ranktune needs, so scripts and health checks can rely on it.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from daemon.commands.common import sqlite_file
+from daemon.commands.errors import DatabaseMissing
 from daemon.settings import Settings
 from storage.db import current_revision, head_revision, make_engine, upgrade
 
@@ -15,6 +21,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    path = sqlite_file(settings.storage.sqlalchemy_url)
+    if args.action == "current" and path is not None and not path.is_file():
+        raise DatabaseMissing(f"no database at {path} (RANKTUNE_STORAGE_DATABASE_URL="
+                              f"{settings.storage.database_url}); `ranktune db upgrade` creates it")
     engine = make_engine(settings.storage.sqlalchemy_url)
     try:
         if args.action == "upgrade":
@@ -24,7 +34,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             cur = current_revision(engine)
             head = head_revision()
-            print(f"current: {cur or 'empty'}  head: {head}  {'up to date' if cur == head else 'OUTDATED'}")
+            print(f"current: {cur or 'empty'}  head: {head}  "
+                  f"{'up to date' if cur == head else 'OUTDATED: run `ranktune db upgrade`'}")
+            return 0 if cur == head else 1
         return 0
     finally:
         engine.dispose()

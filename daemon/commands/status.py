@@ -6,9 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from daemon.commands.common import open_existing
 from daemon.settings import Settings
 from daemon.status import status_document
-from storage.db import ensure_schema, make_engine
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,9 +20,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def collect(settings: Settings, runs: int = 5) -> dict[str, Any]:
     """Everything `status` shows, as plain data (no scheduler in this process: schedule unknown)."""
-    engine = make_engine(settings.storage.sqlalchemy_url)
+    engine = open_existing(settings)  # read-only: never creates or migrates the database
     try:
-        ensure_schema(engine)
         return status_document(engine, runs=runs)
     finally:
         engine.dispose()

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from daemon.commands.errors import UsageError
 from daemon.settings import Settings
 
 if TYPE_CHECKING:
@@ -19,8 +20,8 @@ from storage.db import ensure_schema, make_engine
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("train", help="Train a candidate adapter from stored events and gate it.")
-    p.add_argument("--once", action="store_true", required=True, help="Run one cycle now and exit.")
+    p = sub.add_parser("train", help="Train a candidate adapter from stored events and gate it (--once).")
+    p.add_argument("--once", action="store_true", help="Run one cycle now and exit (required).")
     p.add_argument("--json", action="store_true", help="Print the outcome as one JSON object.")
     p.add_argument("--no-promote", action="store_true",
                    help="Never promote, even when the gate passes and RANKTUNE_GATE_AUTO_PROMOTE is true.")
@@ -28,6 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.once:
+        raise UsageError("ranktune train: needs --once: `ranktune train --once` runs one training cycle now and "
+                         "exits; retraining on a schedule and on drift is the scheduler role of `ranktune run`")
     from daemon.training.trainer_process import TrainerProcess
     engine = make_engine(settings.storage.sqlalchemy_url)
     ensure_schema(engine)

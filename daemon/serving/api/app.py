@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 from daemon.metrics import Metrics
 from daemon.serving.api.deps import ApiContext, BodySizeLimit, RequestMetrics
 from daemon.serving.api.errors import install_error_handlers
-from daemon.serving.api.routes import adapters, health, score, status
+from daemon.serving.api.routes import adapters, health, history, ingest, score, status
+from daemon.serving.api.routes.console import mount_console
 from daemon.serving.control import Reconciler
 from daemon.serving.scorer import Scorer
 from daemon.settings import Settings
@@ -48,6 +49,9 @@ def create_app(
     app.include_router(adapters.router)
     app.include_router(status.router)
     app.include_router(health.router)
+    app.include_router(history.router)
+    app.include_router(ingest.router)
+    mount_console(app)
     # Starlette runs the last-added middleware first: metrics see the 413s of the size limit too.
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, path="/v1/score")

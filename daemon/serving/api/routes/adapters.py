@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
@@ -10,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.errors import SwapRefused
 from daemon.serving.api.deps import ApiContext, get_ctx, require_operator
+from daemon.serving.api.schemas import ActionOut, AdaptersOut, AuditOut, VersionDetailOut, VersionOut
 from daemon.serving.control import check_version
 from daemon.training import promotion
 from storage import registry
@@ -23,51 +23,6 @@ class ActionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     reason: str | None = Field(None, max_length=1000, description="Why; stored in the audit log.")
     actor: str | None = Field(None, min_length=1, max_length=100, description="Who; default api@<client address>.")
-
-
-class VersionOut(BaseModel):
-    version: str
-    status: str
-    parent_version: str | None = None
-    base_model: str | None = None
-    quantization: str | None = None
-    created_at: datetime | None = None
-    checksum: str | None = None
-    training_run_id: int | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    gate: dict[str, Any] | None = None
-
-
-class AuditOut(BaseModel):
-    id: int | None
-    ts: datetime
-    actor: str
-    action: str
-    from_version: str | None
-    to_version: str | None
-    reason: str | None
-
-
-class AdaptersOut(BaseModel):
-    champion: str
-    previous: str | None
-    served: str = Field(description="The version this replica serves now.")
-    versions: list[VersionOut]
-
-
-class VersionDetailOut(VersionOut):
-    history: list[AuditOut] = Field(description="Audit rows naming this version, newest first.")
-
-
-class ActionOut(BaseModel):
-    action: str
-    from_version: str
-    to_version: str
-    audit_id: int
-    published: bool = Field(description="The control notice reached the broker (other replicas swap now).")
-    publish_error: str | None = None
-    served: str = Field(description="The version this replica serves after its local swap.")
-    local_swap: str = Field(description="ok, or why this replica did not swap (it retries on reconcile).")
 
 
 def _version_out(row: AdapterVersion) -> dict[str, Any]:
@@ -97,8 +52,7 @@ def show_adapter(version: str, ctx: ApiContext = Depends(get_ctx)) -> VersionDet
             info: dict[str, Any] = {"version": version, "status": "champion" if champion == version else "base"}
         else:
             info = _version_out(registry.get_version(session=s, version=version))
-        history = [_audit_out(a) for a in registry.audit_log(session=s, limit=500)
-                   if version in (a.from_version, a.to_version)]
+        history = [_audit_out(a) for a in registry.audit_page(session=s, limit=500, version=version)]
     return VersionDetailOut(**info, history=history)
 
 

@@ -16,29 +16,11 @@ from starlette.concurrency import run_in_threadpool
 from adapters.product_text import product_text
 from daemon.serving.api.deps import ApiContext, get_ctx
 from daemon.serving.api.errors import UnknownItems
+from daemon.serving.api.schemas import ScoredItem, ScoreResponse, Timing
 from daemon.serving.scorer import ScoreTimeout
 from daemon.settings import Settings
 from storage import events_repo
 from storage.db import session_scope
-
-
-class ScoredItem(BaseModel):
-    item_id: str
-    score: float
-    rank: int = Field(description="1 = best")
-
-
-class Timing(BaseModel):
-    total_ms: float = Field(description="Arrival to answer, inside the server.")
-    queue_ms: float = Field(description="Waiting for the scorer's round to start.")
-    model_ms: float = Field(description="The round's model time (shared with its batch-mates).")
-    round_pairs: int = Field(description="Pairs in the round this request was scored in.")
-
-
-class ScoreResponse(BaseModel):
-    adapter_version: str = Field(description="The adapter version that produced every score (`base`: none).")
-    items: list[ScoredItem] = Field(description="Best first.")
-    timing: Timing
 
 
 def catalog_texts(engine: Engine, item_ids: Sequence[str]) -> dict[str, str]:
