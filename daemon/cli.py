@@ -41,14 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("kafka", "httpx", "urllib3", "transformers", "bitsandbytes", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Text or JSON lines on stderr (`daemon.logs`); noisy libraries stay at WARNING or above."""
+    from daemon import logs
+
+    logs.configure_logging(level, fmt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RanktuneError as exc:
         print(f"ranktune: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level or settings.log_level)
+    configure_logging(args.log_level or settings.log_level, settings.log_format)
     handler: Handler = args.handler
     try:
         return handler(args, settings)
