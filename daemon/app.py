@@ -12,6 +12,9 @@ Observability: one `Metrics` and one `Health` per process. Every worker's heartb
 and `/readyz` whatever the roles, and the API serves the same. The watch loop judges the workers once
 a second: a dead or stuck worker (see `daemon.health`) ends `run()` with exit code 1, so the
 supervisor restarts the process.
+
+The serving and training stacks (torch, transformers) are imported only by the roles that need them, so
+an ingest-only process starts in seconds and stays small.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
@@ -35,19 +38,19 @@ from daemon.ingest.writer import bound_sqlite_wait
 from daemon.lifecycle import install_signal_handlers
 from daemon.metrics import Metrics
 from daemon.ops import OpsServer
-from daemon.serving.control import ControlListener, ControlPublisher, Reconciler
-from daemon.serving.role import ServeRole, start_scorer
-from daemon.serving.scorer import Scorer
 from daemon.settings import Role, Settings
-from daemon.training.cycle import child_main
 from daemon.training.drift import DriftMonitor, drift_job
 from daemon.training.messages import CycleOutcome
-from daemon.training.promotion import auto_promote
 from daemon.training.schedule import RetrainScheduler, TrainingCoordinator
-from daemon.training.trainer_process import ChildTarget, TrainerProcess
 from storage import events_repo, registry
 from storage.db import ensure_schema, make_engine, session_scope
 from storage.models import DriftReport, TrainingRun
+
+if TYPE_CHECKING:  # the model stack: imported by the serve and scheduler roles only, when they start
+    from daemon.serving.control import ControlListener, ControlPublisher, Reconciler
+    from daemon.serving.role import ServeRole
+    from daemon.serving.scorer import Scorer
+    from daemon.training.trainer_process import ChildTarget, TrainerProcess
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,13 @@ class Application:
     """Runs the configured roles until SIGTERM/SIGINT or `stop()`."""
 
     def __init__(self, settings: Settings, roles: Sequence[Role] | None = None, *, control: bool = True,
-                 create_topics: bool = True, trainer_target: ChildTarget = child_main,
+                 create_topics: bool = True, trainer_target: ChildTarget | None = None,
                  exit_when_unhealthy: bool = True) -> None:
         """`control=False`: no control topic (replicas converge by their periodic reconcile only);
         `create_topics=False`: ingest does not create missing topics; `trainer_target`: the training
-        child's entry point (tests inject failing ones); `exit_when_unhealthy=False`: keep running (and
-        answering /healthz 503) when a worker dies, for tests that look at the probes."""
+        child's entry point (default `daemon.training.cycle.child_main`; tests inject failing ones);
+        `exit_when_unhealthy=False`: keep running (and answering /healthz 503) when a worker dies, for
+        tests that look at the probes."""
         self.settings = settings
         self._control = control
         self._create_topics = create_topics
@@ -120,11 +124,15 @@ class Application:
         self.health.add_check("process", lambda: None if self.started.is_set() else "starting")
         self.engine = engine = self._checked_engine()
         stack.callback(engine.dispose)
-        if self._control:
+        if self._control and {"serve", "scheduler"} & set(self.roles):  # they promote; ingest never does
+            from daemon.serving.control import ControlPublisher
+
             self.publisher = ControlPublisher(s)
             stack.callback(self.publisher.close)
         # registered first, so closed last: serve drains after ingest and training have stopped
         if "serve" in self.roles:
+            from daemon.serving.role import ServeRole
+
             self.serve = ServeRole(s, engine=engine, metrics=self.metrics, ingest_stats=self.stats.snapshot,
                                    schedule=self.schedule_info, control=self._control,
                                    publisher=self.publisher).start()
@@ -187,7 +195,8 @@ class Application:
     def _stop_ingest(self, thread: threading.Thread) -> None:
         assert self.ingestor is not None
         self.ingestor.stop()
-        thread.join(self.settings.kafka.poll_timeout_ms / 1000 + 60)
+        # a loop judged dead or stuck will not finish its batch: its records are redelivered after the restart
+        thread.join(5.0 if self.exit_code else self.settings.kafka.poll_timeout_ms / 1000 + 60)
 
     def _watch(self) -> bool:
         """Log what changed in the workers' health; False when the process cannot recover."""
@@ -222,8 +231,11 @@ class Application:
 
     # --- scheduler role --------------------------------------------------------------------------
     def _start_scheduler(self, stack: ExitStack, engine: Engine) -> None:
+        from daemon.training.cycle import child_main
+        from daemon.training.trainer_process import TrainerProcess
+
         s = self.settings
-        self.trainer = TrainerProcess(s, engine, target=self._trainer_target)
+        self.trainer = TrainerProcess(s, engine, target=self._trainer_target or child_main)
         self.coordinator = TrainingCoordinator(self._training_cycle, drift_cooldown_s=s.drift.cooldown_s)
         # busy while a run trains; each progress message of the child beats
         self.health.adopt(self.coordinator.heartbeat, deadline_s=s.train.max_seconds + s.liveness_timeout_s)
@@ -253,6 +265,8 @@ class Application:
         if self.serve is not None and self.serve.scorer is not None:
             scorer = self.serve.scorer
         else:  # scheduler without serve: a scorer of its own (no HTTP) follows the champion for drift scores
+            from daemon.serving.role import start_scorer
+
             scorer, reconciler = start_scorer(stack, self.settings, engine, metrics=self.metrics)
             self._watch_scorer(scorer, reconciler, None)
 
@@ -316,6 +330,8 @@ class Application:
         self.coordinator.request("schedule")
 
     def _training_cycle(self, trigger: str) -> str:
+        from daemon.training.promotion import auto_promote
+
         assert self.trainer is not None and self.engine is not None
         t0 = time.monotonic()
         self.metrics.training_in_progress.set(1)
