@@ -72,7 +72,7 @@ class Application:
         self._trainer_target = trainer_target
         self.roles: tuple[Role, ...] = tuple(roles or settings.roles)
         self.stats = IngestStats()
-        self.metrics = Metrics()
+        self.metrics = Metrics(roles=self.roles)
         self.health = Health(liveness_timeout_s=settings.liveness_timeout_s)
         self.metrics.watch(self.health)
         self.metrics.process.info({"roles": ",".join(self.roles)})
@@ -133,7 +133,8 @@ class Application:
         if "serve" in self.roles:
             from daemon.serving.role import ServeRole
 
-            self.serve = ServeRole(s, engine=engine, metrics=self.metrics, ingest_stats=self.stats.snapshot,
+            ingest_stats = self.stats.snapshot if "ingest" in self.roles else None
+            self.serve = ServeRole(s, engine=engine, metrics=self.metrics, ingest_stats=ingest_stats,
                                    schedule=self.schedule_info, control=self._control,
                                    publisher=self.publisher).start()
             stack.callback(self.serve.stop)

@@ -75,6 +75,7 @@ def configure_logging(level: str, fmt: str = "text", *, role: str | None = None,
     context = LogContext(role=role, run_id=run_id)
     handler.addFilter(context)
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # library warnings become records too, so every line has one format
     numeric = logging.getLevelName(level)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, numeric if isinstance(numeric, int) else 0))

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -43,13 +43,19 @@ dead_lettered, dead_letter_reasons, lag, ...)."""
 
 
 class Metrics:
-    """Every metric of the process; attributes are prometheus_client metrics on `self.registry`."""
+    """Every metric of the process; attributes are prometheus_client metrics.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    Only the metrics of the roles the process runs are registered on `self.registry` (and exported): an
+    ingest-only process has no scorer, so it exports no `ranktune_ready 0` for an alert to misread. The
+    serving metrics come with a scorer (roles `serve` and `scheduler`, whose drift job scores), the
+    training and drift metrics with `scheduler`; `roles=None` registers them all.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, roles: Iterable[str] | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.health: Health | None = None
         self._ingest: _IngestCollector | None = None
-        r = self.registry
+        r = None  # each group is registered below, if its role runs here
         # --- serving --------------------------------------------------------------------------------
         self.requests = Counter(
             "ranktune_requests", "Score requests answered, by outcome (ok or an error code).", ["status"], registry=r
@@ -116,7 +122,18 @@ class Metrics:
         self.drift_last_check = Gauge(
             "ranktune_drift_last_check_timestamp_seconds", "Unix time of the latest drift check.", registry=r)
         # --- process --------------------------------------------------------------------------------
-        self.process = Info("ranktune_process", "The roles this process runs.", registry=r)
+        self.process = Info("ranktune_process", "The roles this process runs.", registry=self.registry)
+        # process_start_time_seconds (restarts), process_resident_memory_bytes, process_cpu_seconds_total
+        ProcessCollector(registry=self.registry)
+        run = set(roles) if roles is not None else {"ingest", "scheduler", "serve"}
+        serving = [self.requests, self.request_latency, self.batch_size, self.queue_depth, self.swaps,
+                   self.swap_duration, self.reconciles, self.active_adapter, self.ready, self.champion,
+                   self.champion_ndcg]
+        training = [self.training_runs, self.training_duration, self.training_steps, self.training_pairs_per_second,
+                    self.training_in_progress, self.gate_verdicts, self.drift_value, self.drift_threshold,
+                    self.drift_floor, self.drift_checks, self.drift_last_check]
+        for metric in (serving if run & {"serve", "scheduler"} else []) + (training if "scheduler" in run else []):
+            self.registry.register(metric)
         for outcome in ("ok", "refused"):
             self.swaps.labels(outcome=outcome)
         for outcome in RECONCILE_OUTCOMES:
