@@ -232,7 +232,9 @@ class Settings(BaseSettings):
 
     # --- process-wide ----------------------------------------------------------------------------
     roles: list[Role] = Field(list(ALL_ROLES), min_length=1, description="Roles `ranktune run` starts.")
-    liveness_timeout_s: float = Field(120.0, gt=0, description="A loop without progress this long is unhealthy.")
+    liveness_timeout_s: float = Field(
+        120.0, gt=0, description="A worker busy this long without a heartbeat (or past its own deadline, if "
+        "longer) is stuck: /healthz 503 and the process exits 1 for a restart.")
     shutdown_grace_s: float = Field(60.0, ge=0, description="How long SIGTERM waits for a running training.")
     log_level: LogLevel = Field("INFO", description="Log level.")
     log_format: LogFormat = Field(
