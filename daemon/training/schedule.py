@@ -134,16 +134,14 @@ class TrainingCoordinator:
 class RetrainScheduler:
     """Owns the apscheduler BackgroundScheduler with the retrain and drift jobs."""
 
-    HEARTBEAT_S = 5.0
-
     def __init__(self, *, retrain_job: Callable[[], None], drift_job: Callable[[], None],
-                 retrain_interval_s: float, drift_interval_s: float) -> None:
+                 retrain_interval_s: float, drift_interval_s: float, heartbeat_s: float = 5.0) -> None:
         self._scheduler = BackgroundScheduler(timezone="UTC")
         # a job of its own beats: proof that apscheduler's thread still dispatches jobs
-        self.heartbeat = Heartbeat("scheduler", deadline_s=12 * self.HEARTBEAT_S,
+        self.heartbeat = Heartbeat("scheduler", deadline_s=12 * heartbeat_s,
                                    alive=lambda: bool(self._scheduler.running))
         job_opts = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        self._scheduler.add_job(self.heartbeat.beat, "interval", seconds=self.HEARTBEAT_S, id="heartbeat",
+        self._scheduler.add_job(self.heartbeat.beat, "interval", seconds=heartbeat_s, id="heartbeat",
                                 name="heartbeat", **job_opts)
         self._scheduler.add_job(_logged(retrain_job), "interval", seconds=retrain_interval_s, id="retrain",
                                 name="retrain", **job_opts)
