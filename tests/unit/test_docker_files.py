@@ -410,6 +410,13 @@ def test_promtool_accepts_the_rules() -> None:
     assert "SUCCESS" in out.stdout
 
 
+def test_promtool_accepts_the_scrape_config() -> None:
+    # --syntax-only: the rule file path is the container's (/etc/prometheus/alerts.yml)
+    out = subprocess.run([_promtool(), "check", "config", "--syntax-only", str(PROMETHEUS)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_the_alerts_fire_as_their_unit_tests_say(tmp_path: Path) -> None:
     # annotations are prose for the operator: removed here, so that the tests pin expressions, `for` and labels
     doc = yaml.safe_load(ALERTS.read_text())
