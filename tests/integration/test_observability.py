@@ -125,6 +125,14 @@ def test_every_role_exports_what_the_alerts_and_the_dashboard_use(broker: Embedd
         assert ops_ready["control"] in ("connecting", "listening")
         assert 'ranktune_drift_threshold{statistic="score_psi"} 0.2' in ops_text
         assert 'ranktune_champion_info{version="base"} 1.0' in ops_text
+
+        # a scorer that fell back to the base (`Scorer.degraded`, set when the champion's artifact is corrupt)
+        app.serve.scorer.degraded = "champion v0007 failed its checksum; serving base"  # type: ignore[union-attr]
+        for url in (app.ops.url, api):
+            body = httpx.get(f"{url}/readyz", timeout=5)
+            assert body.status_code == 200 and body.json()["status"] == "degraded", body.text
+            assert body.json()["degraded"] == {"scorer": "champion v0007 failed its checksum; serving base"}
+        assert 'ranktune_degraded{component="scorer"} 1.0' in scrape(app.ops.url)
     finally:
         app.stop()
         thread.join(120)
