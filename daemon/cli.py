@@ -81,14 +81,11 @@ def command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("kafka", "httpx", "urllib3", "transformers", "bitsandbytes", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Text or JSON lines on stderr (`daemon.logs`); noisy libraries stay at WARNING or above."""
+    from daemon import logs
+
+    logs.configure_logging(level, fmt)
 
 
 def error_code(exc: BaseException) -> str:
@@ -132,8 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for line in unknown_env_vars():
         _warn(line, as_json=as_json)
-    level = settings.log_level
-    configure_logging(level)
+    configure_logging(settings.log_level, settings.log_format)
     handler: Handler = args.handler
     try:
         return handler(args, settings)

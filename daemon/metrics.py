@@ -1,19 +1,28 @@
-"""Prometheus metrics of one serving process, on its own `CollectorRegistry`.
+"""Prometheus metrics of one ranktune process, on its own `CollectorRegistry`.
 
 Never the global default registry: two replicas (or two test apps) in one process must not share
-counters, and `GET /metrics` shows exactly this process's scorer. Ingestion counters join through
-`add_ingest_source` when the ingest role runs in the same process.
+counters. The `Application` makes one `Metrics` per process and hands it to every role; the ops port
+and, when the process serves, the API's `/metrics` render the same registry. Names follow Prometheus
+conventions: base units in the name (`_seconds`, `_pairs`, `_offsets`), `_total` on counters (the
+client library adds it to `Counter`s), `_info` on info metrics.
+
+Values that live elsewhere are read at scrape time from in-memory sources (the ingestion counters,
+the health registry); nothing here queries the database.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from daemon.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +31,32 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256, 512)
 _SWAP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_TRAINING_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+
+DRIFT_STATISTICS = ("score_psi", "term_js", "unseen_item_share", "unseen_term_share", "ndcg10_drop")
+RUN_STATUSES = ("succeeded", "failed", "cancelled", "skipped")
+RECONCILE_OUTCOMES = ("unchanged", "swapped", "refused", "failed")
 
 IngestSource = Callable[[], Mapping[str, Any]]
 """Returns the ingestion counters, e.g. `IngestStats.snapshot` (keys consumed, stored, duplicates,
-dead_lettered, lag)."""
+dead_lettered, dead_letter_reasons, lag, ...)."""
 
 
 class Metrics:
-    """The serving metrics; every attribute is a prometheus_client metric on `self.registry`."""
+    """Every metric of the process; attributes are prometheus_client metrics.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    Only the metrics of the roles the process runs are registered on `self.registry` (and exported): an
+    ingest-only process has no scorer, so it exports no `ranktune_ready 0` for an alert to misread. The
+    serving metrics come with a scorer (roles `serve` and `scheduler`, whose drift job scores), the
+    training and drift metrics with `scheduler`; `roles=None` registers them all.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, roles: Iterable[str] | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self.health: Health | None = None
+        self._ingest: _IngestCollector | None = None
+        r = None  # each group is registered below, if its role runs here
+        # --- serving --------------------------------------------------------------------------------
         self.requests = Counter(
             "ranktune_requests", "Score requests answered, by outcome (ok or an error code).", ["status"], registry=r
         )
@@ -42,7 +65,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(
-            "ranktune_batch_size", "Pairs per scorer round (one or more model forwards).",
+            "ranktune_scorer_batch_pairs", "Pairs per scorer round (one or more model forwards).",
             buckets=_BATCH_BUCKETS, registry=r,
         )
         self.queue_depth = Gauge("ranktune_scorer_queue_depth", "Requests waiting for the scorer.", registry=r)
@@ -53,24 +76,127 @@ class Metrics:
             "ranktune_swap_duration_seconds", "Swap time from request to activation (load, stage, probe).",
             buckets=_SWAP_BUCKETS, registry=r,
         )
+        self.reconciles = Counter(
+            "ranktune_reconciles", "Reconciles of the served version with the registry's champion, by outcome "
+            "(unchanged, swapped, refused, failed).", ["outcome"], registry=r,
+        )
         self.active_adapter = Info("ranktune_active_adapter", "The adapter version this scorer serves.", registry=r)
         self.ready = Gauge("ranktune_ready", "1 when the model is loaded and serving.", registry=r)
+        self.champion = Info("ranktune_champion", "The registry's champion version, as this process last read it.",
+                             registry=r)
+        self.champion_ndcg = Gauge(
+            "ranktune_champion_holdout_ndcg", "Holdout NDCG@10 the champion had when it was trained "
+            "(NaN for the base model).", registry=r)
+        # --- training -------------------------------------------------------------------------------
         self.training_runs = Counter(
             "ranktune_training_runs", "Training runs finished in this process, by status "
             "(succeeded, failed, cancelled, skipped).", ["status"], registry=r,
         )
+        self.training_duration = Histogram(
+            "ranktune_training_duration_seconds", "Wall-clock time of finished training runs (not skipped ones).",
+            buckets=_TRAINING_BUCKETS, registry=r,
+        )
+        self.training_steps = Gauge("ranktune_training_steps", "Optimizer steps of the last succeeded run.",
+                                    registry=r)
+        self.training_pairs_per_second = Gauge(
+            "ranktune_training_pairs_per_second", "Training throughput of the last succeeded run "
+            "((query, item) pairs per second of optimisation).", registry=r)
+        self.training_in_progress = Gauge("ranktune_training_in_progress", "1 while a training run is running.",
+                                          registry=r)
+        self.gate_verdicts = Counter(
+            "ranktune_gate_verdicts", "Gate decisions on candidates, by outcome (passed, failed).", ["outcome"],
+            registry=r,
+        )
+        # --- drift ----------------------------------------------------------------------------------
+        self.drift_value = Gauge(
+            "ranktune_drift_statistic", "The latest drift report's value of each statistic (NaN: not measured).",
+            ["statistic"], registry=r)
+        self.drift_threshold = Gauge(
+            "ranktune_drift_threshold", "Configured threshold of each drift statistic.", ["statistic"], registry=r)
+        self.drift_floor = Gauge(
+            "ranktune_drift_noise_floor", "Noise floor of each statistic in the latest report; it fires above "
+            "threshold + floor.", ["statistic"], registry=r)
+        self.drift_checks = Counter(
+            "ranktune_drift_checks", "Drift checks, by outcome (fired, quiet, insufficient_data).", ["outcome"],
+            registry=r)
+        self.drift_last_check = Gauge(
+            "ranktune_drift_last_check_timestamp_seconds", "Unix time of the latest drift check.", registry=r)
+        # --- process --------------------------------------------------------------------------------
+        self.process = Info("ranktune_process", "The roles this process runs.", registry=self.registry)
+        # process_start_time_seconds (restarts), process_resident_memory_bytes, process_cpu_seconds_total
+        ProcessCollector(registry=self.registry)
+        run = set(roles) if roles is not None else {"ingest", "scheduler", "serve"}
+        serving = [self.requests, self.request_latency, self.batch_size, self.queue_depth, self.swaps,
+                   self.swap_duration, self.reconciles, self.active_adapter, self.ready, self.champion,
+                   self.champion_ndcg]
+        training = [self.training_runs, self.training_duration, self.training_steps, self.training_pairs_per_second,
+                    self.training_in_progress, self.gate_verdicts, self.drift_value, self.drift_threshold,
+                    self.drift_floor, self.drift_checks, self.drift_last_check]
+        for metric in (serving if run & {"serve", "scheduler"} else []) + (training if "scheduler" in run else []):
+            self.registry.register(metric)
         for outcome in ("ok", "refused"):
             self.swaps.labels(outcome=outcome)
-        for status in ("succeeded", "failed", "cancelled", "skipped"):
+        for outcome in RECONCILE_OUTCOMES:
+            self.reconciles.labels(outcome=outcome)
+        for status in RUN_STATUSES:
             self.training_runs.labels(status=status)
+        for outcome in ("passed", "failed"):
+            self.gate_verdicts.labels(outcome=outcome)
+        for outcome in ("fired", "quiet", "insufficient_data"):
+            self.drift_checks.labels(outcome=outcome)
         self.requests.labels(status="ok")
 
+    # --- setters used by the roles -----------------------------------------------------------------
     def set_active(self, version: str) -> None:
         self.active_adapter.info({"version": version})
 
+    def set_champion(self, version: str, holdout_ndcg: float | None) -> None:
+        self.champion.info({"version": version})
+        self.champion_ndcg.set(math.nan if holdout_ndcg is None else holdout_ndcg)
+
+    def set_drift_thresholds(self, thresholds: Mapping[str, float]) -> None:
+        for name, value in thresholds.items():
+            self.drift_threshold.labels(statistic=name).set(value)
+
+    def observe_drift(self, *, values: Mapping[str, float | None], floors: Mapping[str, float],
+                      outcome: str, at: float) -> None:
+        """One drift report: each statistic's value and noise floor (NaN where not measured)."""
+        for name in DRIFT_STATISTICS:
+            value = values.get(name)
+            self.drift_value.labels(statistic=name).set(math.nan if value is None else value)
+            self.drift_floor.labels(statistic=name).set(floors.get(name, math.nan))
+        self.drift_checks.labels(outcome=outcome).inc()
+        self.drift_last_check.set(at)
+
+    def observe_training(self, *, status: str, seconds: float | None, steps: int | None,
+                         pairs_per_second: float | None) -> None:
+        """One finished training run (steps and throughput are kept for succeeded runs only)."""
+        self.training_runs.labels(status=status).inc()
+        if status != "skipped" and seconds is not None:
+            self.training_duration.observe(seconds)
+        if status == "succeeded":
+            if steps is not None:
+                self.training_steps.set(steps)
+            if pairs_per_second is not None:
+                self.training_pairs_per_second.set(pairs_per_second)
+
+    # --- sources read at scrape time ---------------------------------------------------------------
     def add_ingest_source(self, source: IngestSource) -> None:
-        """Export ingestion counters from `source` (read at every scrape) as `ranktune_ingest_*`."""
-        self.registry.register(_IngestCollector(source))
+        """Export ingestion counters from `source` (read at every scrape) as `ranktune_ingest_*`.
+
+        Idempotent: a second call replaces the source (the API and the Application may both add it)."""
+        if self._ingest is None:
+            self._ingest = _IngestCollector(source)
+            self.registry.register(self._ingest)
+        else:
+            self._ingest.source = source
+
+    def watch(self, health: Health) -> None:
+        """Export `health`'s judgement (`ranktune_worker_*`, `ranktune_process_*`) and let every HTTP
+        surface that renders these metrics answer `/healthz` and `/readyz` from it."""
+        if self.health is None:
+            self.registry.register(_HealthCollector(health))
+        self.health = health
 
     def add_gauge_source(self, name: str, documentation: str, source: Callable[[], float | None]) -> None:
         """Export `source()` (read at every scrape; None = no sample) as gauge `name`."""
@@ -86,15 +212,20 @@ class _IngestCollector(Collector):
         ("consumed", "ranktune_ingest_consumed", "Records consumed from the event topics."),
         ("stored", "ranktune_ingest_stored", "Records written to the database."),
         ("duplicates", "ranktune_ingest_duplicates", "Records already stored (or superseded)."),
-        ("dead_lettered", "ranktune_ingest_deadlettered", "Records rejected to the dead-letter topic."),
+        ("deadletter_failed", "ranktune_ingest_deadletter_failed",
+         "Rejected records that could not be published to the dead-letter topic (lost, logged)."),
+        ("batches", "ranktune_ingest_batches", "Batches stored and committed."),
+        ("commit_failures", "ranktune_ingest_commit_failures", "Offset commits that failed (records redelivered)."),
+        ("db_errors", "ranktune_ingest_db_errors", "Batch writes that failed because the database was unavailable."),
+        ("broker_errors", "ranktune_ingest_broker_errors", "Failed connects and polls."),
     )
 
     def __init__(self, source: IngestSource) -> None:
-        self._source = source
+        self.source = source
 
     def collect(self) -> Iterator[Metric]:
         try:
-            snap = self._source()
+            snap = self.source()
         except Exception:  # a scrape must not fail because the ingest role is restarting
             log.exception("ingest stats source failed; ingestion metrics left out of this scrape")
             return
@@ -102,9 +233,53 @@ class _IngestCollector(Collector):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], float(snap.get(key, 0)))
             yield c
-        g = GaugeMetricFamily("ranktune_ingest_lag", "Offsets behind the high-water marks, summed over partitions.")
-        g.add_metric([], float(snap.get("lag", 0)))
-        yield g
+        dead = CounterMetricFamily("ranktune_ingest_deadlettered", "Records rejected to the dead-letter topic, "
+                                   "by reason code (see daemon/ingest/events.py).", labels=["reason"])
+        reasons: Mapping[str, int] = snap.get("dead_letter_reasons") or {}
+        for reason, count in sorted(reasons.items()):
+            dead.add_metric([reason], float(count))
+        if not reasons and snap.get("dead_lettered"):  # a source without reasons: one unlabelled total
+            dead.add_metric(["unknown"], float(snap["dead_lettered"]))
+        yield dead
+        lag = GaugeMetricFamily("ranktune_ingest_lag_offsets",
+                                "Offsets behind the high-water marks, summed over the assigned partitions.")
+        lag.add_metric([], float(snap.get("lag", 0)))
+        yield lag
+        paused = GaugeMetricFamily("ranktune_ingest_paused",
+                                   "1 while partitions are paused because the database or dead-letter topic is down.")
+        paused.add_metric([], 1.0 if snap.get("paused") else 0.0)
+        yield paused
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class _HealthCollector(Collector):
+    def __init__(self, health: Health) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        report = self._health.report()
+        up = GaugeMetricFamily("ranktune_worker_up", "1 while the worker is alive and within its heartbeat "
+                               "deadline, 0 when it died or stalled.", labels=["worker"])
+        age = GaugeMetricFamily("ranktune_worker_heartbeat_age_seconds", "Seconds the worker has been busy "
+                                "without a heartbeat (0 while it waits for work).", labels=["worker"])
+        deadline = GaugeMetricFamily("ranktune_worker_deadline_seconds", "Longest the worker may be busy without "
+                                     "a heartbeat before it counts as stalled.", labels=["worker"])
+        for w in report.workers:
+            up.add_metric([w.name], 1.0 if w.up else 0.0)
+            age.add_metric([w.name], w.age_s)
+            if w.deadline_s is not None:
+                deadline.add_metric([w.name], w.deadline_s)
+        degraded = GaugeMetricFamily("ranktune_degraded", "1 while a component serves in a degraded mode "
+                                     "(e.g. the scorer fell back to the base model).", labels=["component"])
+        for name, reason in report.degraded.items():
+            degraded.add_metric([name], 1.0 if reason else 0.0)
+        live = GaugeMetricFamily("ranktune_process_live", "1 unless the process cannot recover (/healthz).")
+        live.add_metric([], 1.0 if report.live else 0.0)
+        ready = GaugeMetricFamily("ranktune_process_ready", "1 when every worker and check is fine (/readyz).")
+        ready.add_metric([], 1.0 if report.ready else 0.0)
+        yield from (up, age, deadline, degraded, live, ready)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

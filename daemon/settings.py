@@ -38,6 +38,7 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Role = Literal["ingest", "scheduler", "serve"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
 
 ALL_ROLES: tuple[Role, ...] = ("ingest", "scheduler", "serve")
 ENV_PREFIX = "RANKTUNE_"
@@ -185,6 +186,13 @@ class ScorerSettings(FrozenConfig):
     reconcile_interval_s: float = Field(15.0, gt=0, description="How often a scorer re-reads the champion.")
 
 
+class OpsSettings(FrozenConfig):
+    """The ops port: /metrics, /healthz and /readyz of every process, whatever its roles."""
+
+    host: str = Field("127.0.0.1", description="Address the ops endpoints bind (0.0.0.0 in a container).")
+    port: int = Field(9464, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 picks a free one).")
+
+
 @dataclass(frozen=True)
 class LearningConfigs:
     """What `adapters` takes, built from the settings by `Settings.configs()`."""
@@ -220,12 +228,17 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     api: ApiSettings = ApiSettings()
     scorer: ScorerSettings = ScorerSettings()
+    ops: OpsSettings = OpsSettings()
 
     # --- process-wide ----------------------------------------------------------------------------
     roles: list[Role] = Field(list(ALL_ROLES), min_length=1, description="Roles `ranktune run` starts.")
-    liveness_timeout_s: float = Field(120.0, gt=0, description="A loop without progress this long is unhealthy.")
+    liveness_timeout_s: float = Field(
+        120.0, gt=0, description="A worker busy this long without a heartbeat (or past its own deadline, if "
+        "longer) is stuck: /healthz 503 and the process exits 1 for a restart.")
     shutdown_grace_s: float = Field(60.0, ge=0, description="How long SIGTERM waits for a running training.")
     log_level: LogLevel = Field("INFO", description="Log level.")
+    log_format: LogFormat = Field(
+        "text", description="`text`, or `json`: one JSON object per line with role, adapter version and run id.")
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -236,6 +249,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     def __init__(self, **values: Any) -> None:
         """Overrides may use flat names (`kafka_bootstrap="..."`) as well as groups (`kafka={...}`)."""

@@ -36,6 +36,7 @@ from kafka.errors import KafkaError
 from sqlalchemy.engine import Engine
 
 from daemon.errors import BrokerUnavailable
+from daemon.health import Heartbeat
 from daemon.ingest.deadletter import DeadLetterPublisher, Sent
 from daemon.ingest.events import ParseConfig, Parsed, Rejection, parse_record
 from daemon.ingest.kafka_client import client_kwargs, ensure_topics
@@ -104,6 +105,8 @@ class Ingestor:
         self.settings = settings
         self.stats = stats if stats is not None else IngestStats()
         self.last_progress = time.monotonic()
+        # a turn that takes longer than max_poll_interval has already cost the group membership
+        self.heartbeat = Heartbeat("ingest", deadline_s=settings.kafka.max_poll_interval_ms / 1000)
         self._engine = engine
         self._create_topics = create_topics
         self._parse_config = ParseConfig.from_settings(settings)
@@ -264,6 +267,8 @@ class Ingestor:
             retry, dropped = self._deadletter.wait(batch.in_flight)
             self.stats.add(dead_lettered=len(batch.in_flight) - len(retry) - len(dropped),
                            deadletter_failed=len(dropped))
+            unacked = {id(r) for r in retry + dropped}
+            self.stats.add_reasons(rej.reason for rej, _ in batch.in_flight if id(rej) not in unacked)
             batch.in_flight, batch.rejects = [], retry
             if retry:
                 self._hold(batch, f"dead-letter topic unavailable ({len(retry)} rejects unacknowledged)")
@@ -318,6 +323,7 @@ class Ingestor:
     # --- housekeeping ----------------------------------------------------------------------------
     def _touch(self) -> None:
         self.last_progress = time.monotonic()
+        self.heartbeat.beat()
 
     def _maybe_summary(self) -> None:
         now = time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -32,6 +33,7 @@ class IngestStats:
     lag: int = 0
     paused: bool = False  # partitions paused while the database (or dead-letter topic) is down
     last_commit_at: float | None = None  # time.time() of the last successful commit
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # dead_lettered, by reason code
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **deltas: int) -> None:
@@ -45,6 +47,12 @@ class IngestStats:
             for name, value in values.items():
                 setattr(self, name, value)
 
+    def add_reasons(self, reasons: Iterable[str]) -> None:
+        """Count dead letters by reason code (the breakdown of `dead_lettered`)."""
+        with self._lock:
+            for reason in reasons:
+                self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
+
     def committed(self) -> None:
         with self._lock:
             self.commits += 1
@@ -53,7 +61,9 @@ class IngestStats:
     def snapshot(self) -> dict[str, Any]:
         """A consistent copy of all counters."""
         with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+            out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+            out["dead_letter_reasons"] = dict(self.dead_letter_reasons)
+            return out
 
     def summary(self) -> str:
         s = self.snapshot()

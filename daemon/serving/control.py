@@ -31,13 +31,16 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from adapters.artifacts import LoadedAdapter, load_adapter, validate_version_name
 from adapters.errors import SwapRefused
 from daemon.errors import BrokerUnavailable
+from daemon.health import Heartbeat
 from daemon.ingest.kafka_client import client_kwargs, ensure_topics
 from daemon.serving.scorer import Loader, Scorer
 from daemon.settings import Settings
+from daemon.status import holdout_ndcg
 from storage import registry
 from storage.db import session_scope
 
@@ -155,6 +158,8 @@ class Reconciler:
         self._refused: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._champion_seen: str | None = None
+        self.heartbeat = Heartbeat("reconciler")  # busy = one sync (a swap included)
 
     def sync(self, reason: str = "on demand", *, force: bool = False) -> str:
         """Swap to the DB champion if it is not served; returns the version served afterwards.
@@ -165,23 +170,42 @@ class Reconciler:
         with self._lock:  # re-read under the lock: the last sync after the last commit always wins
             with session_scope(self._engine) as s:
                 champion = registry.champion(session=s)
+                self._note_champion(s, champion)
             if champion == self._scorer.version:
+                self._scorer.metrics.reconciles.labels(outcome="unchanged").inc()
                 return champion
             refused_at = self._refused.get(champion)
             if refused_at is not None and not force and time.monotonic() - refused_at < self.retry_refused_s:
+                self._scorer.metrics.reconciles.labels(outcome="refused").inc()
                 raise SwapRefused(f"champion {champion} was refused recently; still serving {self._scorer.version}")
             log.info("reconcile (%s): champion is %s, serving %s: swapping", reason, champion, self._scorer.version)
             try:
                 result = self._scorer.swap_to(champion)
             except SwapRefused:
                 self._refused[champion] = time.monotonic()
+                self._scorer.metrics.reconciles.labels(outcome="refused").inc()
                 raise
             self._refused.pop(champion, None)
+            self._scorer.metrics.reconciles.labels(outcome="swapped").inc()
             log.info("now serving %s (swap took %.3fs)", champion, result.seconds)
             return champion
 
+    def _note_champion(self, session: Session, champion: str) -> None:
+        """Export the champion and its holdout NDCG (read from the registry only when it changes)."""
+        if champion == self._champion_seen:
+            return
+        ndcg = None
+        if champion != registry.BASE:
+            try:
+                ndcg = holdout_ndcg(registry.get_version(session=session, version=champion).metrics)
+            except Exception:  # a metric must never stop a reconcile
+                log.warning("holdout NDCG of champion %s not readable", champion, exc_info=True)
+        self._scorer.metrics.set_champion(champion, ndcg)
+        self._champion_seen = champion
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="ranktune-reconcile", daemon=True)
+        self._thread = threading.Thread(target=self.heartbeat.guard(self._loop), name="ranktune-reconcile",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -190,7 +214,11 @@ class Reconciler:
             self._thread.join(10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
+            self.heartbeat.idle()
+            if self._stop.wait(self.interval_s):
+                return
+            self.heartbeat.beat()
             self.safe_sync("periodic")
 
     def safe_sync(self, reason: str) -> str | None:
@@ -200,6 +228,7 @@ class Reconciler:
         except SwapRefused as exc:
             log.warning("reconcile (%s): %s", reason, exc)
         except Exception as exc:
+            self._scorer.metrics.reconciles.labels(outcome="failed").inc()
             log.warning("reconcile (%s) failed, will retry in %.0fs: %s", reason, self.interval_s, exc)
         return None
 
@@ -238,9 +267,11 @@ class ControlListener:
         self._stop = threading.Event()
         self._assigned = threading.Event()
         self._thread: threading.Thread | None = None
+        self.heartbeat = Heartbeat("control")  # beats every poll and every connect attempt
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ranktune-control", daemon=True)
+        self._thread = threading.Thread(target=self.heartbeat.guard(self._run), name="ranktune-control",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -262,6 +293,7 @@ class ControlListener:
         s = self._settings
         delay = 0.5
         while not self._stop.is_set():
+            self.heartbeat.beat()
             try:
                 ensure_topics(s, [s.kafka.control_topic])
                 consumer = KafkaConsumer(
@@ -280,6 +312,7 @@ class ControlListener:
                 consumer.subscribe([s.kafka.control_topic], listener=_Assigned(self._assigned))
                 log.info("control listener on %s, group %s", s.kafka.control_topic, self.group_id)
                 while not self._stop.is_set():
+                    self.heartbeat.beat()
                     for records in consumer.poll(timeout_ms=s.kafka.poll_timeout_ms).values():
                         for rec in records:
                             self._handle(rec.topic, rec.partition, rec.offset, rec.value)

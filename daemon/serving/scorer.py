@@ -29,6 +29,7 @@ from adapters.errors import SwapRefused
 from adapters.ranker import Ranker
 from adapters.swap import BASE, PROBE_PAIRS, AdapterSwapper, Staged
 from daemon.errors import DaemonError, Overloaded
+from daemon.health import Heartbeat
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 
@@ -112,6 +113,8 @@ class Scorer:
         self.transitions: deque[tuple[float, str]] = deque([(time.monotonic(), BASE)], maxlen=10000)
         """(time.monotonic(), version) each time the served version changed; for tests and the bench."""
         self.metrics.set_active(BASE)
+        # busy = a round or a swap in hand; a hung forward or swap stalls it
+        self.heartbeat = Heartbeat("scorer", deadline_s=swap_timeout_s)
 
     @classmethod
     def from_settings(cls, ranker: Ranker, settings: Settings, *, loader: Loader,
@@ -125,7 +128,7 @@ class Scorer:
         """Start the worker. Requests are accepted once `mark_ready()` was called."""
         if self._thread is not None:
             raise ScorerUnavailable("scorer already started")
-        self._thread = threading.Thread(target=self._run, name="ranktune-scorer", daemon=True)
+        self._thread = threading.Thread(target=self.heartbeat.guard(self._run), name="ranktune-scorer", daemon=True)
         self._thread.start()
 
     def mark_ready(self) -> None:
@@ -238,8 +241,11 @@ class Scorer:
     def _next_work(self) -> tuple[_SwapJob | None, list[_Request]]:
         """Block for a swap job or a round of requests; (None, []) means stop."""
         with self._cond:
+            if not self._requests and not self._swaps and not self._stopping:
+                self.heartbeat.idle()
             while not self._requests and not self._swaps and not self._stopping:
                 self._cond.wait()
+            self.heartbeat.beat()
             if self._swaps:
                 return self._swaps.popleft(), []
             if self._stopping:

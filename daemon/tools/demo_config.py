@@ -78,7 +78,7 @@ def demo_settings(base: Settings, cfg: DemoConfig, bootstrap: str) -> Settings:
         kafka_max_poll_interval_ms=60000, kafka_topic_partitions=1,
         storage_database_url=f"sqlite:///{(cfg.out / 'ranktune.db').resolve()}",
         storage_artifacts_dir=(cfg.out / "artifacts").resolve(),
-        api_host="127.0.0.1", api_port=free_port(), api_token=secrets.token_urlsafe(16),
+        api_host="127.0.0.1", api_port=free_port(), api_token=secrets.token_urlsafe(16), ops_port=0,
         retrain_interval_s=600.0, retrain_min_events=6000, drift_interval_s=75.0, drift_cooldown_s=120.0,
         drift_window_events=3000, drift_min_events=600, **CONTINUAL_TRAINING,
         scorer_reconcile_interval_s=5.0, ingest_stats_interval_s=60.0,

@@ -24,6 +24,7 @@ from adapters.errors import NotEnoughData
 from adapters.product_text import product_text
 from adapters.ranker import Ranker
 from adapters.ranking_metrics import EvalResult, evaluate_groups
+from daemon.logs import configure_logging
 from daemon.settings import Settings
 from daemon.training.messages import CycleOutcome, CycleSummary, GateVerdict, Progress, RunStatus, report
 from storage import events_repo, registry
@@ -145,7 +146,8 @@ def child_main(settings: Settings, run_id: int, trigger: str, stop: MpEvent, con
     # Ctrl-C in a terminal reaches the whole process group; the parent owns shutdown and tells this
     # child through `stop` (and kills it after the grace period), so the child ignores SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s [train] %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format, role="trainer", run_id=run_id,
+                      text_format=f"%(asctime)s %(levelname)s [train run {run_id}] %(name)s: %(message)s")
     engine = make_engine(settings.storage.sqlalchemy_url)
     try:
         outcome = run_cycle(settings, engine, run_id, trigger, should_stop=stop.is_set,

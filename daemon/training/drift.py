@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 ScorePairs = Callable[[Sequence[tuple[str, str]]], Sequence[float]]
 TextOf = Callable[[str], str | None]
+OnReport = Callable[[DriftReport, Mapping[str, float]], None]
+"""Called with each stored report and the noise floor of each statistic (for metrics)."""
 
 MAX_PAIRS = 1024  # scored pairs per window for PSI: a few seconds of the live scorer, not minutes
 SCORE_CHUNK = 256  # pairs per score_pairs call, so serving requests interleave with the drift job
@@ -85,9 +87,10 @@ class DriftMonitor:
     """
 
     def __init__(self, settings: Settings, engine: Engine, score_pairs: ScorePairs,
-                 text_of: TextOf | None = None, *, seed: int = 0) -> None:
+                 text_of: TextOf | None = None, *, seed: int = 0, on_report: OnReport | None = None) -> None:
         self._settings, self._engine, self._score_pairs, self._text_of = settings, engine, score_pairs, text_of
         self._seed = seed
+        self._on_report = on_report
 
     def check(self) -> DriftReport:
         """Compute one report between the reference and the recent window, store it, and return it."""
@@ -105,12 +108,15 @@ class DriftMonitor:
                              n_recent=len(rec))
         # A minimum above the window size could never be met: the full window is enough then.
         need = min(s.drift.min_events, s.drift.window_events)
+        floors: dict[str, float] = {}
         if len(rec) < need or len(ref) < need:
             short, n = ("recent", len(rec)) if len(rec) < need else ("reference", len(ref))
             report.reasons = [f"not enough {short} events ({n} < {need})"]
         else:
-            report.reasons = _Check(s, ref, rec, text_of, self._score_pairs, holdout, self._seed).run(report)
+            check = _Check(s, ref, rec, text_of, self._score_pairs, holdout, self._seed)
+            report.reasons = check.run(report)
             report.fired = bool(report.reasons)
+            floors = check.floors
         with session_scope(self._engine) as session:
             registry.add_drift_report(session=session, report=report)
         log.info("drift report %s: champion %s, %d/%d events, psi %s, js %s, unseen %s/%s, ndcg %s (ref %s)%s",
@@ -118,6 +124,8 @@ class DriftMonitor:
                  _fmt(report.term_js), _fmt(report.unseen_item_share), _fmt(report.unseen_term_share),
                  _fmt(report.recent_ndcg), _fmt(report.reference_ndcg),
                  f": FIRED {'; '.join(report.reasons)}" if report.fired else "")
+        if self._on_report is not None:
+            self._on_report(report, floors)
         return report
 
     def note_trigger(self, report: DriftReport, answer: str) -> DriftReport:
@@ -175,6 +183,7 @@ class _Check:
         self.s, self.ref, self.rec, self.text_of, self.holdout = settings, ref, rec, text_of, holdout
         self._score_pairs, self._seed = score_pairs, seed
         self._cache: dict[tuple[str, str], float] = {}
+        self.floors: dict[str, float] = {}  # noise floor of each statistic judged (for metrics)
 
     def run(self, report: DriftReport) -> list[str]:
         reasons: list[str] = []
@@ -182,19 +191,23 @@ class _Check:
         js, js_floor = self.term_js()
         report.term_js = finite_or_none(js)
         _judge(reasons, "term_js", js, s.drift.term_js_threshold, js_floor)
+        self.floors["term_js"] = js_floor
         (item_share, term_share), (item_floor, term_floor) = self.unseen()
         report.unseen_item_share, report.unseen_term_share = finite_or_none(item_share), finite_or_none(term_share)
         _judge(reasons, "unseen_item_share", item_share, s.drift.unseen_threshold, item_floor)
         _judge(reasons, "unseen_term_share", term_share, s.drift.unseen_threshold, term_floor)
+        self.floors.update(unseen_item_share=item_floor, unseen_term_share=term_floor)
         score_psi, floor = self.score_psi()
         report.score_psi = finite_or_none(score_psi)
         _judge(reasons, "score_psi", score_psi, s.drift.psi_threshold, floor)
+        self.floors["score_psi"] = floor
         recent, reference, drop_floor = self.performance()
         if recent is not None:
             report.recent_ndcg, report.recent_auc = recent.ndcg10, recent.auc
             report.reference_ndcg = finite_or_none(reference)
             _judge(reasons, "ndcg10_drop", reference - recent.ndcg10, s.drift.ndcg_drop, drop_floor,
                    f" (reference {reference:.3f}, recent {recent.ndcg10:.3f})")
+            self.floors["ndcg10_drop"] = drop_floor
         return reasons
 
     # --- input drift ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ cooldown so a persistent drift signal cannot cause a retraining storm.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
+
+from daemon.health import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ class TrainingCoordinator:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.state = CoordinatorState()
+        # idle without a training; busy (deadline set by the Application) while one runs
+        self.heartbeat = Heartbeat("training", deadline_s=None)
+        self.heartbeat.idle()
 
     def request(self, trigger: str) -> str:
         """Ask for a run. Returns started | queued | dropped | cooldown | closed.
@@ -79,7 +85,10 @@ class TrainingCoordinator:
         self.state.started += 1
         if trigger == "drift":
             self.state.last_drift_start = self._clock()
-        self._thread = threading.Thread(target=self._worker, args=(trigger,), name=f"training-{trigger}", daemon=True)
+        self.heartbeat.beat()
+        self._thread = threading.Thread(target=self.heartbeat.guard(functools.partial(self._worker, trigger),
+                                                                    may_end=True),
+                                        name=f"training-{trigger}", daemon=True)
         self._thread.start()
 
     def _worker(self, trigger: str) -> None:
@@ -95,9 +104,11 @@ class TrainingCoordinator:
                 self.state.queued = None
                 if nxt is None or self._closed:
                     self.state.running = None
+                    self.heartbeat.idle()
                     self._lock.notify_all()
                     return
                 trigger = nxt
+                self.heartbeat.beat()
                 self.state.running = trigger
                 self.state.started += 1
                 if trigger == "drift":
@@ -124,9 +135,14 @@ class RetrainScheduler:
     """Owns the apscheduler BackgroundScheduler with the retrain and drift jobs."""
 
     def __init__(self, *, retrain_job: Callable[[], None], drift_job: Callable[[], None],
-                 retrain_interval_s: float, drift_interval_s: float) -> None:
+                 retrain_interval_s: float, drift_interval_s: float, heartbeat_s: float = 5.0) -> None:
         self._scheduler = BackgroundScheduler(timezone="UTC")
+        # a job of its own beats: proof that apscheduler's thread still dispatches jobs
+        self.heartbeat = Heartbeat("scheduler", deadline_s=12 * heartbeat_s,
+                                   alive=lambda: bool(self._scheduler.running))
         job_opts = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        self._scheduler.add_job(self.heartbeat.beat, "interval", seconds=heartbeat_s, id="heartbeat",
+                                name="heartbeat", **job_opts)
         self._scheduler.add_job(_logged(retrain_job), "interval", seconds=retrain_interval_s, id="retrain",
                                 name="retrain", **job_opts)
         self._scheduler.add_job(_logged(drift_job), "interval", seconds=drift_interval_s, id="drift",
@@ -141,7 +157,7 @@ class RetrainScheduler:
             self._scheduler.shutdown(wait=True)
 
     def next_run_times(self) -> dict[str, datetime | None]:
-        return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
+        return {job.id: job.next_run_time for job in self._scheduler.get_jobs() if job.id != "heartbeat"}
 
 
 def _logged(fn: Callable[[], None]) -> Callable[[], None]:

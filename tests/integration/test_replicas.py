@@ -53,6 +53,7 @@ def _env(pg_url: str, broker: EmbeddedBroker, artifacts_dir: Path, port: int) ->
     env.update({
         "RANKTUNE_STORAGE_DATABASE_URL": pg_url, "RANKTUNE_KAFKA_BOOTSTRAP": broker.bootstrap,
         "RANKTUNE_STORAGE_ARTIFACTS_DIR": str(artifacts_dir), "RANKTUNE_API_PORT": str(port),
+        "RANKTUNE_OPS_PORT": "0",
         "RANKTUNE_MODEL_QUANTIZATION": "none", "RANKTUNE_MODEL_DEVICE": "cpu", "RANKTUNE_MODEL_MAX_SEQ_LEN": "64",
         "RANKTUNE_SCORER_RECONCILE_INTERVAL_S": "300", "RANKTUNE_KAFKA_GROUP": f"t{port}",
         "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

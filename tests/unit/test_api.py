@@ -217,10 +217,10 @@ def test_health_metrics_openapi(client: TestClient) -> None:
     client.post("/v1/score", json={"query": "", "items": ITEMS})
     text = client.get("/metrics").text
     for needle in ('ranktune_requests_total{status="ok"} 1.0', 'ranktune_requests_total{status="422"} 1.0',
-                   "ranktune_request_latency_seconds_bucket", "ranktune_batch_size_bucket",
+                   "ranktune_request_latency_seconds_bucket", "ranktune_scorer_batch_pairs_bucket",
                    "ranktune_scorer_queue_depth", 'ranktune_swaps_total{outcome="ok"}',
                    "ranktune_swap_duration_seconds", 'ranktune_active_adapter_info{version="base"} 1.0',
-                   "ranktune_ready 1.0", "ranktune_ingest_consumed_total 7.0", "ranktune_ingest_lag 2.0"):
+                   "ranktune_ready 1.0", "ranktune_ingest_consumed_total 7.0", "ranktune_ingest_lag_offsets 2.0"):
         assert needle in text, needle
     spec = client.get("/openapi.json").json()
     assert {"/v1/score", "/v1/adapters", "/v1/adapters/{version}/promote", "/v1/adapters/rollback",
