@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a bug or an unexpected environment: still one line; the traceback at debug
         logging.getLogger("ranktune").debug("unexpected error", exc_info=True)
-        hint = "" if level == "DEBUG" else " (--log-level debug shows the traceback)"
+        hint = "" if settings.log_level == "DEBUG" else " (--log-level debug shows the traceback)"
         _report(exc, as_json=as_json, message=f"unexpected error: {type(exc).__name__}: {exc}{hint}")
         return 1
 
