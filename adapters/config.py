@@ -86,8 +86,15 @@ class TrainConfig:
     max_seconds: float = 900.0
     seed: int = 13
     min_groups: int = 30
+    # --- issue #13 (learn): position-bias correction. With a propensity curve passed to `training.train`,
+    # "ips" weights each click by 1 / propensity(position) (clipped at ips_max_weight) in the listwise loss
+    # and scores the holdout by IPS-NDCG for early stopping; "none" learns from raw clicks (the old rule).
+    debias: str = "ips"  # ips | none
+    ips_max_weight: float = 10.0
 
     def __post_init__(self) -> None:
+        _check(self.debias in ("ips", "none"), "debias must be ips or none")
+        _check(self.ips_max_weight >= 1, "ips_max_weight must be >= 1")
         _check(self.loss in LOSSES, f"loss must be one of {LOSSES}")
         _check(self.learning_rate > 0, "learning_rate must be > 0")
         _check(self.head_lr_scale > 0, "head_lr_scale must be > 0")
@@ -112,8 +119,12 @@ class GateConfig:
     bootstrap_samples: int = 1000
     confidence: float = 0.9
     regression_tolerance: float = 0.01
+    # --- issue #13 (learn): power for the smallest detectable gain that the gate reports
+    # (z(confidence) + z(power)) * bootstrap SE; one-sided 90% with 80% power: 2.12 SE.
+    power: float = 0.8
 
     def __post_init__(self) -> None:
+        _check(0.5 <= self.power < 1, "power must be in [0.5, 1)")
         _check(self.min_ndcg_gain >= 0, "min_ndcg_gain must be >= 0")
         _check(self.bootstrap_samples >= 1, "bootstrap_samples must be >= 1")
         _check(0.5 < self.confidence < 1, "confidence must be in (0.5, 1)")
@@ -128,8 +139,13 @@ class SplitConfig:
     regression_fraction: float = 0.1
     replay_ratio: float = 0.3
     seed: int = 13
+    # --- issue #13 (learn): the regression holdout is a fixed hashed sample over the champion's whole
+    # training window ("spread"), or the oldest slice of this run's window ("oldest", the old rule).
+    regression_sample: str = "spread"  # spread | oldest
+    regression_salt: int = 0  # changes which groups the spread sample holds out
 
     def __post_init__(self) -> None:
+        _check(self.regression_sample in ("spread", "oldest"), "regression_sample must be spread or oldest")
         _check(0 < self.holdout_fraction < 0.5, "holdout_fraction must be in (0, 0.5)")
         _check(0 <= self.regression_fraction < 0.5, "regression_fraction must be in [0, 0.5)")
         _check(self.holdout_fraction + self.regression_fraction < 0.8, "holdout + regression must be < 0.8")

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 from adapters.config import TrainConfig
 from adapters.dataset import QueryGroup, Splits, truncate_group
 from adapters.errors import NotEnoughData
-from adapters.losses import get_loss
+from adapters.losses import get_loss, ips_listwise_terms, ips_weights
 from adapters.ranker import Ranker
 from adapters.ranking_metrics import EvalResult, evaluate_groups
 
@@ -94,6 +94,12 @@ def _param_groups(ranker: Ranker, params: list[torch.nn.Parameter], cfg: TrainCo
             for (is_head, decays), ps in sorted(groups.items())]
 
 
+def _weights(group: QueryGroup, curve: Sequence[float], max_weight: float) -> torch.Tensor:
+    if group.positions is None:
+        return torch.ones(len(group))
+    return ips_weights(group.positions, curve, max_weight)
+
+
 def train(
     ranker: Ranker,
     data: Splits,
@@ -103,6 +109,7 @@ def train(
     init_state: dict[str, torch.Tensor] | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    propensity: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train a new adapter `adapter_name` in `ranker` and return its best checkpoint.
 
@@ -111,6 +118,12 @@ def train(
     previously active adapter stays active. `on_progress` gets a dict per step ({"event": "step", ...})
     and per evaluation ({"event": "eval", ...}). Raises NotEnoughData with fewer than `cfg.min_groups`
     training groups or an empty holdout.
+
+    With a `propensity` curve (relative examination per 0-based position, `adapters.propensity`) and
+    `cfg.debias == "ips"`, the loss is the inverse-propensity-weighted listwise loss over each step's
+    groups (`losses.ips_listwise_terms`, clipped at `cfg.ips_max_weight`; groups without positions weigh
+    their clicks 1), and early stopping selects by IPS-NDCG@10 on the holdout instead of click NDCG, which
+    favours whatever copies the order the clicks were collected under. `result.holdout` is then debiased.
     """
     started = time.monotonic()
     if len(data.train) < cfg.min_groups:
@@ -124,12 +137,16 @@ def train(
         ranker.load_state(adapter_name, init_state)
 
     loss_fn = get_loss(cfg.loss)
+    curve = list(propensity) if propensity is not None and cfg.debias == "ips" else None
+    if curve is not None and cfg.loss != "listwise":
+        raise ValueError("position-bias correction needs the listwise loss")
 
     def np_loss(scores: np.ndarray, labels: np.ndarray) -> float:
         return float(loss_fn(torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(labels)))
 
     def evaluate(groups: list[QueryGroup]) -> EvalResult:
-        return evaluate_groups(lambda q, t: ranker.score(q, t, adapter=adapter_name), groups, loss_fn=np_loss)
+        return evaluate_groups(lambda q, t: ranker.score(q, t, adapter=adapter_name), groups, loss_fn=np_loss,
+                               propensity=curve, max_weight=cfg.ips_max_weight)
 
     def emit(event: dict[str, Any]) -> None:
         if on_progress is not None:
@@ -186,10 +203,17 @@ def train(
                 logits = ranker.train_logits([g.query for g in batch for _ in g.texts],
                                              [t for g in batch for t in g.texts])
                 per_group = torch.split(logits, [len(g) for g in batch])
-                loss = torch.stack([
-                    loss_fn(s, torch.as_tensor(g.labels, device=s.device))
-                    for s, g in zip(per_group, batch, strict=True)
-                ]).mean()
+                if curve is None:
+                    loss = torch.stack([
+                        loss_fn(s, torch.as_tensor(g.labels, device=s.device))
+                        for s, g in zip(per_group, batch, strict=True)
+                    ]).mean()
+                else:
+                    terms = [ips_listwise_terms(s, torch.as_tensor(g.labels, device=s.device),
+                                                _weights(g, curve, cfg.ips_max_weight))
+                             for s, g in zip(per_group, batch, strict=True)]
+                    total = torch.stack([t for _, t in terms]).sum()
+                    loss = torch.stack([n for n, _ in terms]).sum() / total.clamp(min=1e-9)
                 if not torch.isfinite(loss):
                     diverged = True
                     logger.warning("train %s: non-finite loss at step %d; keeping the best checkpoint",
