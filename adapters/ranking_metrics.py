@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "EvalResult",
     "auc",
+    "dcg_from_gains",
     "evaluate_groups",
     "ips_gains",
     "mrr",
@@ -54,6 +55,15 @@ def ndcg_at_k(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.n
     return dcg / idcg if idcg > 0 else 0.0
 
 
+def dcg_from_gains(scores: Sequence[float] | np.ndarray, gains: Sequence[float] | np.ndarray, k: int = 10) -> float:
+    """DCG@k of the ranking by `scores` with the item gains given directly (`log2(rank + 1)` discounts)."""
+    g = np.asarray(gains, dtype=np.float64)
+    if g.size == 0:
+        return 0.0
+    discounts = 1.0 / np.log2(np.arange(2, min(k, g.size) + 2))
+    return float((g[rank_order(scores)][:k] * discounts).sum())
+
+
 def ndcg_from_gains(scores: Sequence[float] | np.ndarray, gains: Sequence[float] | np.ndarray, k: int = 10) -> float:
     """NDCG@k with the item gains given directly (e.g. position-debiased gains); 0.0 when all are 0."""
     g = np.asarray(gains, dtype=np.float64)
@@ -73,8 +83,8 @@ def ips_gains(
 ) -> np.ndarray:
     """Position-debiased gains `(2^label - 1) * min(1 / propensity[position], max_weight)` of one page.
 
-    NDCG over these gains (`ndcg_from_gains`) is the inverse-propensity-scored NDCG of the page: a click
-    at a position few shoppers look at counts for as many clicks as it stands for. Positions beyond the
+    DCG over these gains (`dcg_from_gains`) is the inverse-propensity-scored DCG of the page: a click at
+    a position few shoppers look at counts for as many clicks as it stands for. Positions beyond the
     curve take its last value.
     """
     p = np.asarray(propensity, dtype=np.float64)
@@ -131,22 +141,31 @@ def evaluate_groups(
     """Score every group with `score_fn(query, texts)` and average NDCG@k, MRR, AUC (and `loss_fn`).
 
     `per_group_ndcg` keeps the groups' order, so two models evaluated on the same groups can be
-    compared pair by pair (see `gate.decide`). With a `propensity` curve, NDCG of every group that has
-    positions uses the debiased gains of `ips_gains` (clipped at `max_weight`); groups without positions,
-    MRR and AUC use the raw labels.
+    compared pair by pair (see `gate.decide`).
+
+    With a `propensity` curve, every group that has positions gets IPS-NDCG instead: its DCG@k over the
+    debiased gains of `ips_gains` (clipped at `max_weight`), divided by the mean ideal IPS-DCG of all such
+    groups. The divisor is one constant for the whole set, so a page whose clicks sat at rarely seen
+    positions weighs more, as it must: normalizing each page by its own ideal would cancel the weight of a
+    page with one click and reward a model for copying the logged order. The mean over groups is then an
+    unbiased estimate (up to clipping) of the full-information DCG, on a scale where the ideal averages 1.
+    Groups without positions, MRR and AUC use the raw labels.
     """
     ndcgs: list[float] = []
     mrrs: list[float] = []
     aucs: list[float] = []
     losses: list[float] = []
-    for g in groups:
+    ips: dict[int, tuple[float, float]] = {}  # group index -> (IPS-DCG, IPS-ideal DCG)
+    for n, g in enumerate(groups):
         scores = np.asarray(score_fn(g.query, g.texts), dtype=np.float64)
         labels = np.asarray(g.labels)
         if scores.shape != labels.shape:
             raise ValueError(f"score_fn returned {scores.shape[0]} scores for {labels.shape[0]} items")
         positions = getattr(g, "positions", None)
         if propensity is not None and positions is not None:
-            ndcgs.append(ndcg_from_gains(scores, ips_gains(labels, positions, propensity, max_weight), k))
+            gains = ips_gains(labels, positions, propensity, max_weight)
+            ips[n] = (dcg_from_gains(scores, gains, k), dcg_from_gains(gains, gains, k))
+            ndcgs.append(0.0)  # filled in below, once the holdout's mean ideal DCG is known
         else:
             ndcgs.append(ndcg_at_k(scores, labels, k))
         mrrs.append(mrr(scores, labels))
@@ -155,6 +174,10 @@ def evaluate_groups(
             aucs.append(a)
         if loss_fn is not None:
             losses.append(float(loss_fn(scores, labels)))
+    if ips:
+        scale = float(np.mean([ideal for _, ideal in ips.values()]))
+        for n, (dcg, _) in ips.items():
+            ndcgs[n] = dcg / scale if scale > 0 else 0.0
     return EvalResult(
         ndcg10=float(np.mean(ndcgs)) if ndcgs else 0.0,
         mrr=float(np.mean(mrrs)) if mrrs else 0.0,

@@ -1,0 +1,255 @@
+"""`bench learn`: does learning from clicks help on shops the defaults were not tuned on?
+
+For each shop of the family (`daemon.tools.shops.FAMILY`, or `--shops`) and each seed: simulate click logs
+under the shop's logging policy (random, lexical or closed loop: the base model orders the pages, as the
+live champion would), estimate the position bias from all logged pages (`adapters.propensity.estimate`),
+train on the newest pages, and compare learners on ground-truth NDCG@10 of unseen queries:
+
+* `zero-shot`: the base model (the champion before any promotion);
+* `naive`: clicks as labels, click-NDCG for early stopping (`debias="none"`);
+* `corrected`: IPS-weighted listwise loss and IPS-NDCG early stopping with the estimated curve;
+* `ceiling`: the same pages with their true grades as labels (full information).
+
+Each trained candidate goes through the gate against zero-shot on the click holdout, scored with the
+position-debiased IPS-NDCG (`fair`) and, for comparison, with raw click NDCG (`raw`). `promoted` is
+what the daemon would serve: the corrected candidate if the fair gate passes it, else zero-shot.
+
+Writes JSON (stdout or `--out`) and a markdown table (`--markdown`). Runs as
+`python -m daemon.tools.bench_learn --shops all --seeds 1,2,3`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "markdown", "run_one"]
+
+log = logging.getLogger("bench_learn")
+
+LEARNERS = ("zero-shot", "naive", "corrected", "ceiling")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shops", default="all", help="Comma-separated family shop names, or all (default).")
+    p.add_argument("--seeds", default="1,2,3", help="Comma-separated seeds (default %(default)s).")
+    p.add_argument("--log-pages", type=int, default=1500, help="Logged pages for propensity estimation.")
+    p.add_argument("--train-pages", type=int, default=200, help="Newest pages used for training (+ holdout).")
+    p.add_argument("--judged-queries", type=int, default=40, help="Unseen judged queries per shop.")
+    p.add_argument("--candidates", type=int, default=20, help="Judged items per unseen query.")
+    p.add_argument("--eta", type=float, default=None, help="Override every shop's examination power.")
+    p.add_argument("--policy", default=None, help="Override every shop's logging policy (random|lexical|closed).")
+    p.add_argument("--explore-rate", type=float, default=None, help="Override the share of shuffled pages.")
+    p.add_argument("--propensity", default="auto", help="auto|randomized|harvested|regression_em|true.")
+    p.add_argument("--learners", default=",".join(LEARNERS[1:]), help="Trained learners (default %(default)s).")
+    p.add_argument("--quantization", default="nf4")
+    p.add_argument("--max-seq-len", type=int, default=48)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--ips-max-weight", type=float, default=10.0)
+    p.add_argument("--out", default=None, help="Write the JSON here too (appended per shop as it runs).")
+    p.add_argument("--markdown", default=None, help="Write the markdown table here.")
+
+
+def _truth_groups(events: Sequence[dict[str, Any]]) -> list[Any]:
+    """The same pages, labelled with the hidden grade of every shown item (full information)."""
+    from adapters.dataset import ACTION_GRADES, build_groups
+
+    names = {g: a for a, g in ACTION_GRADES.items()}
+    rows = [{**e, "action": names[int(e["grade"])]} for e in events if e["action"] == "impression"]
+    return build_groups(rows, lambda _: None)
+
+
+def _gt_ndcg(score: Callable[[str, Sequence[str]], Any], judged: Sequence[dict[str, Any]]) -> list[float]:
+    from adapters.ranking_metrics import ndcg_at_k
+
+    return [ndcg_at_k(np.asarray(score(j["query"], [i["text"] for i in j["items"]])),
+                      [i["grade"] for i in j["items"]]) for j in judged]
+
+
+def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """One shop and seed: logs, propensity, learners, gates, ground truth. Returns a JSON-ready dict."""
+    from adapters import propensity as prop
+    from adapters.config import GateConfig, SplitConfig, TrainConfig
+    from adapters.dataset import build_groups, split
+    from adapters.gate import decide
+    from adapters.ranking_metrics import evaluate_groups
+    from adapters.training import train
+    from daemon.tools.shops import FamilyShop
+
+    t0 = time.monotonic()
+    shop = FamilyShop(spec, seed)
+
+    def zero_shot(q: str, t: Sequence[str]) -> Any:
+        return ranker.score(q, t, adapter=None)
+
+    events = list(shop.traffic(opts["log_pages"], order=zero_shot))
+    groups = build_groups(events, lambda _: None)
+    sim_s = time.monotonic() - t0
+    n_pos = spec.page_size
+    true_curve = shop.spec.clicks.curve(n_pos)
+    if opts["propensity"] == "true":
+        curve = prop.PropensityCurve(tuple(v / true_curve[0] for v in true_curve), "true", 0, 0)
+    else:
+        def features(g: Any) -> np.ndarray:
+            return np.asarray(zero_shot(g.query, g.texts), dtype=np.float64)[:, None]
+
+        curve = prop.estimate(groups, n_pos, features=features, method=opts["propensity"])
+    prop_err = prop.max_relative_error(curve.values, true_curve, min(10, n_pos))
+
+    window = groups[-opts["train_pages"]:]
+    keys = {g.key for g in window}
+    split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.0, replay_ratio=0.0, seed=seed)
+    splits = split(window, split_cfg)
+    truth = [g for g in _truth_groups(events) if g.key in keys]
+    truth_splits = split(truth, split_cfg)
+    judged = shop.judgements(opts["judged_queries"], opts["candidates"])
+    gate_cfg = GateConfig()
+
+    rows: dict[str, dict[str, Any]] = {}
+    zs_gt = _gt_ndcg(zero_shot, judged)
+    rows["zero-shot"] = {"gt_ndcg10": float(np.mean(zs_gt)), "train_s": 0.0}
+    fair_zero = evaluate_groups(zero_shot, splits.holdout, propensity=curve.values,
+                                max_weight=opts["ips_max_weight"]).per_group_ndcg
+    raw_zero = evaluate_groups(zero_shot, splits.holdout).per_group_ndcg
+    for learner in opts["learners"]:
+        name = f"b-{spec.name}-{seed}-{learner}"[:60]
+        cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"], eval_every_steps=opts["eval_every"],
+                          max_items_per_group=n_pos, patience=3, min_groups=10, max_seconds=1800, seed=seed,
+                          debias="ips" if learner == "corrected" else "none", ips_max_weight=opts["ips_max_weight"])
+        data = truth_splits if learner == "ceiling" else splits
+        res = train(ranker, data, cfg, adapter_name=name,
+                    propensity=curve.values if learner == "corrected" else None)
+
+        def cand(q: str, t: Sequence[str], name: str = name) -> Any:
+            return ranker.score(q, t, adapter=name)
+
+        gt = _gt_ndcg(cand, judged)
+        fair = decide(evaluate_groups(cand, splits.holdout, propensity=curve.values,
+                                      max_weight=opts["ips_max_weight"]).per_group_ndcg,
+                      fair_zero, None, None, gate_cfg, seed=seed)
+        raw = decide(evaluate_groups(cand, splits.holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed)
+        diffs = np.asarray(gt) - np.asarray(zs_gt)
+        rows[learner] = {
+            "gt_ndcg10": float(np.mean(gt)), "gt_gain": float(diffs.mean()),
+            "gt_gain_se": float(diffs.std(ddof=1) / np.sqrt(diffs.size)),
+            "fair_gate": fair.passed, "fair_gain": fair.ndcg_gain, "fair_p": fair.bootstrap_p_gain,
+            "min_detectable_gain": fair.min_detectable_gain,
+            "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
+            "train_s": round(res.seconds, 1), "steps": res.steps, "best_step": res.best_step,
+        }
+        ranker.delete_adapter(name)
+        log.info("%s seed %d %s: gt %.4f (zero-shot %.4f) fair gate %s, %.0fs", spec.name, seed, learner,
+                 rows[learner]["gt_ndcg10"], rows["zero-shot"]["gt_ndcg10"], fair.passed, res.seconds)
+    promoted = rows.get("corrected", {})
+    prom_gt = promoted["gt_ndcg10"] if promoted.get("fair_gate") else rows["zero-shot"]["gt_ndcg10"]
+    return {
+        "shop": spec.name, "seed": seed, "domain": spec.domain, "policy": spec.policy, "eta": spec.clicks.eta,
+        "rule": spec.rule, "n_items": spec.n_items, "page_size": spec.page_size,
+        "n_log_pages": opts["log_pages"], "n_groups": len(groups), "n_train": len(splits.train),
+        "n_holdout": len(splits.holdout), "n_judged": len(judged),
+        "propensity": {"method": curve.method, "estimated": [round(v, 4) for v in curve.values[:10]],
+                       "true": [round(v / true_curve[0], 4) for v in true_curve[:10]],
+                       "max_rel_error_1_10": round(prop_err, 4), "n_clicks": curve.n_clicks},
+        "learners": rows,
+        "promoted": {"learner": "corrected" if promoted.get("fair_gate") else "zero-shot", "gt_ndcg10": prom_gt,
+                     "gt_gain": prom_gt - rows["zero-shot"]["gt_ndcg10"]},
+        "simulate_s": round(sim_s, 1), "total_s": round(time.monotonic() - t0, 1),
+    }
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    """One row per shop and learner: mean over seeds of ground-truth NDCG@10 and gain, gate passes."""
+    out = ["| shop | policy | eta | learner | GT NDCG@10 | gain vs zero-shot | fair gate | raw gate | train s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    shops: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        shops.setdefault(r["shop"], []).append(r)
+    for shop, rs in shops.items():
+        for learner in LEARNERS:
+            cells = [r["learners"][learner] for r in rs if learner in r["learners"]]
+            if not cells:
+                continue
+            gt = statistics.mean(c["gt_ndcg10"] for c in cells)
+            gain = "" if learner == "zero-shot" else f"{statistics.mean(c['gt_gain'] for c in cells):+.4f}"
+            fair = "" if learner == "zero-shot" else f"{sum(c['fair_gate'] for c in cells)}/{len(cells)}"
+            raw = "" if learner == "zero-shot" else f"{sum(c['raw_gate'] for c in cells)}/{len(cells)}"
+            secs = statistics.mean(c["train_s"] for c in cells)
+            out.append(f"| {shop} | {rs[0]['policy']} | {rs[0]['eta']:g} | {learner} | {gt:.4f} | {gain} | {fair} | "
+                       f"{raw} | {secs:.0f} |")
+        prom = statistics.mean(r["promoted"]["gt_gain"] for r in rs)
+        out.append(f"| {shop} | | | **promoted** | {statistics.mean(r['promoted']['gt_ndcg10'] for r in rs):.4f} | "
+                   f"{prom:+.4f} | | | |")
+    out += ["", "| shop | seeds | propensity method | max rel. error pos 1-10 | estimated (1..5) | true (1..5) |",
+            "|---|---|---|---|---|---|"]
+    for shop, rs in shops.items():
+        errs = [r["propensity"]["max_rel_error_1_10"] for r in rs]
+        out.append(f"| {shop} | {len(rs)} | {rs[0]['propensity']['method']} | "
+                   f"{statistics.mean(errs):.3f} (max {max(errs):.3f}) | "
+                   f"{', '.join(f'{v:.2f}' for v in rs[0]['propensity']['estimated'][:5])} | "
+                   f"{', '.join(f'{v:.2f}' for v in rs[0]['propensity']['true'][:5])} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dataclasses import replace
+
+    from adapters.config import LoraSpec, ModelSpec
+    from adapters.ranker import Ranker
+    from daemon.tools.shops import FAMILY, ClickModel, family_spec
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("adapters.training", "adapters.base", "httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    specs = list(FAMILY) if args.shops == "all" else [family_spec(s.strip()) for s in args.shops.split(",")]
+    changed = []
+    for s in specs:
+        ch: dict[str, Any] = {}
+        if args.eta is not None:
+            ch["clicks"] = replace(s.clicks, eta=args.eta)
+        if args.policy is not None:
+            ch["policy"] = args.policy
+            ch["retrieve"] = max(s.retrieve, 16) if args.policy == "closed" else s.page_size
+        if args.explore_rate is not None:
+            ch["explore_rate"] = args.explore_rate
+        changed.append(replace(s, **ch) if ch else s)
+    _ = ClickModel  # re-exported for callers that build their own specs
+    opts = {"log_pages": args.log_pages, "train_pages": args.train_pages, "judged_queries": args.judged_queries,
+            "candidates": args.candidates, "propensity": args.propensity, "learning_rate": args.learning_rate,
+            "epochs": args.epochs, "eval_every": args.eval_every, "ips_max_weight": args.ips_max_weight,
+            "learners": [x.strip() for x in args.learners.split(",") if x.strip()]}
+    t0 = time.monotonic()
+    ranker = Ranker.load(ModelSpec(quantization=args.quantization, device="cpu", max_seq_len=args.max_seq_len),
+                         LoraSpec(r=8, alpha=16, dropout=0.0))
+    results = []
+    for spec in changed:
+        for seed in [int(x) for x in args.seeds.split(",") if x.strip()]:
+            r = run_one(ranker, spec, seed, opts)
+            results.append(r)
+            if args.out:
+                with Path(args.out).open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+    doc = {"benchmark": "learn", "argv": sys.argv[1:] if argv is None else argv, "options": opts,
+           "wall_s": round(time.monotonic() - t0, 1), "results": results}
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(results))
+    sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+    sys.stdout.write(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
