@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 

@@ -69,7 +69,7 @@ def _rows(path: Path) -> list[tuple[str, str, str, int]]:
             if not line.strip():
                 continue
             obj = json.loads(line)
-            items: Sequence[Mapping[str, Any]] = obj["items"] if "items" in obj else [obj]
+            items: Sequence[Mapping[str, Any]] = obj.get("items", [obj])
             for it in items:
                 rows.append((str(obj["query"]), str(it["item_id"]), str(it["text"]),
                              _grade(it["grade"], f"{path}:{n}")))

@@ -23,7 +23,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 N_QUERIES = 400
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _relevance(q: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query: 30 items with click-relevance in [0, 0.9], and a noisy feature of it."""
     r = np.random.default_rng(1000 + q)

@@ -15,7 +15,7 @@ from adapters.config import GateConfig, SplitConfig
 from adapters.dataset import QueryGroup, build_groups, in_regression_sample, split, truncate_group
 from adapters.gate import decide
 from adapters.losses import ips_listwise_loss, ips_listwise_terms, ips_weights, listwise_loss
-from adapters.ranking_metrics import evaluate_groups, ips_gains, ndcg_at_k, ndcg_from_gains
+from adapters.ranking_metrics import evaluate_groups, ips_gains, ndcg_from_gains
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -42,7 +42,8 @@ def test_ips_listwise_loss_by_hand() -> None:
     assert float(total) == pytest.approx(5.0)
     assert float(ips_listwise_loss(scores, labels, weights)) == pytest.approx(float(num) / 5.0)
     # all weights 1: the ordinary listwise loss
-    assert float(ips_listwise_loss(scores, labels, torch.ones(3))) == pytest.approx(float(listwise_loss(scores, labels)))
+    plain = float(listwise_loss(scores, labels))
+    assert float(ips_listwise_loss(scores, labels, torch.ones(3))) == pytest.approx(plain)
     # the weighted loss pulls harder on the up-weighted click
     s = scores.clone().requires_grad_(True)
     ips_listwise_loss(s, labels, weights).backward()
