@@ -125,7 +125,8 @@ def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str
     for learner in opts["learners"]:
         name = f"b-{spec.name}-{seed}-{learner}"[:60]
         cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"],
-                          eval_every_steps=opts["eval_every"], max_items_per_group=n_pos, patience=3, min_groups=10, max_seconds=1800, seed=seed,
+                          eval_every_steps=opts["eval_every"], max_items_per_group=n_pos, patience=3,
+                          min_groups=10, max_seconds=1800, seed=seed,
                           debias="ips" if learner == "corrected" else "none", ips_max_weight=opts["ips_max_weight"])
         data = truth_splits if learner == "ceiling" else splits
         res = train(ranker, data, cfg, adapter_name=name,
