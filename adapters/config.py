@@ -91,8 +91,12 @@ class TrainConfig:
     # and scores the holdout by IPS-NDCG for early stopping; "none" learns from raw clicks (the old rule).
     debias: str = "ips"  # ips | none
     ips_max_weight: float = 10.0
+    # On a sentence-encoder base: "fixed" keeps the residual weight of the zero-shot cosine at 5 (the
+    # residual design); "learn" trains it with the head (from 5 down to 0 = a plain cross-encoder).
+    residual_scale: str = "fixed"  # fixed | learn
 
     def __post_init__(self) -> None:
+        _check(self.residual_scale in ("fixed", "learn"), "residual_scale must be fixed or learn")
         _check(self.debias in ("ips", "none"), "debias must be ips or none")
         _check(self.ips_max_weight >= 1, "ips_max_weight must be >= 1")
         _check(self.loss in LOSSES, f"loss must be one of {LOSSES}")

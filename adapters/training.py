@@ -51,6 +51,8 @@ class TrainResult:
     diverged: bool = False  # a non-finite loss ended the run
     train_groups: int = 0
     replay_count: int = 0
+    residual_scale: float | None = None  # of the best checkpoint (sentence-encoder bases)
+    propensity: list[float] | None = None  # the curve the run corrected with, when it did
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers for logs, meta.json and the registry (no weights, no per-group lists)."""
@@ -68,6 +70,8 @@ class TrainResult:
             "seconds": self.seconds,
             "train_groups": self.train_groups,
             "replay_count": self.replay_count,
+            "residual_scale": self.residual_scale,
+            "propensity": self.propensity,
         }
 
 
@@ -110,6 +114,7 @@ def train(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     propensity: Sequence[float] | None = None,
+    init_scale: float | None = None,
 ) -> TrainResult:
     """Train a new adapter `adapter_name` in `ranker` and return its best checkpoint.
 
@@ -124,6 +129,8 @@ def train(
     groups (`losses.ips_listwise_terms`, clipped at `cfg.ips_max_weight`; groups without positions weigh
     their clicks 1), and early stopping selects by IPS-NDCG@10 on the holdout instead of click NDCG, which
     favours whatever copies the order the clicks were collected under. `result.holdout` is then debiased.
+    With `cfg.residual_scale == "learn"` the weight of the zero-shot cosine is trained too (from
+    `init_scale`, the warm start's weight, else 5); the best checkpoint's weight is set on the adapter.
     """
     started = time.monotonic()
     if len(data.train) < cfg.min_groups:
@@ -135,6 +142,8 @@ def train(
     ranker.new_adapter(adapter_name)
     if init_state is not None:
         ranker.load_state(adapter_name, init_state)
+    if init_scale is not None and ranker.base.is_sentence_encoder:
+        ranker.set_residual_scale(adapter_name, init_scale)  # the warm start's residual weight
 
     loss_fn = get_loss(cfg.loss)
     curve = list(propensity) if propensity is not None and cfg.debias == "ips" else None
@@ -159,11 +168,24 @@ def train(
     early = budget = stopped = diverged = False
     losses_since_eval: list[float] = []
 
+    learn_scale = cfg.residual_scale == "learn" and ranker.base.is_sentence_encoder
+    # softplus(rho) = the residual weight; starts at the adapter's own weight (5 unless warm-started)
+    start_scale = ranker.residual_scale(adapter_name) if ranker.base.is_sentence_encoder else 0.0
+    rho = torch.tensor(math.log(math.expm1(max(start_scale, 1e-4))), requires_grad=True)
+
+    def current_scale() -> float:
+        return float(torch.nn.functional.softplus(rho.detach()))
+
     with ranker.training(adapter_name) as params:
-        optimizer = torch.optim.AdamW(_param_groups(ranker, params, cfg), lr=cfg.learning_rate)
+        groups = _param_groups(ranker, params, cfg)
+        if learn_scale:
+            groups.append({"params": [rho], "weight_decay": 0.0, "lr": cfg.learning_rate * cfg.head_lr_scale})
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
         def record(epoch: int) -> EvalResult:
+            if learn_scale:
+                ranker.set_residual_scale(adapter_name, current_scale())
             ev = evaluate(data.holdout)
             entry = {
                 "step": step,
@@ -175,6 +197,7 @@ def train(
                 "holdout_mrr": ev.mrr,
                 "holdout_auc": ev.auc,
                 "holdout_loss": ev.loss,
+                "residual_scale": current_scale() if learn_scale else None,
             }
             losses_since_eval.clear()
             history.append(entry)
@@ -185,6 +208,7 @@ def train(
 
         best_eval = record(0)
         best_step, best_state = 0, ranker.adapter_state(adapter_name)
+        best_scale = start_scale
         bad_evals = 0
 
         for epoch in range(cfg.epochs):
@@ -200,8 +224,13 @@ def train(
                 t_step = time.monotonic()
                 batch = [truncate_group(data.train[i], cfg.max_items_per_group, rng)
                          for i in order[start : start + cfg.groups_per_step]]
-                logits = ranker.train_logits([g.query for g in batch for _ in g.texts],
-                                             [t for g in batch for t in g.texts])
+                queries = [g.query for g in batch for _ in g.texts]
+                texts = [t for g in batch for t in g.texts]
+                if learn_scale:
+                    head, cosine = ranker.train_parts(queries, texts)
+                    logits = head if cosine is None else head + torch.nn.functional.softplus(rho) * cosine
+                else:
+                    logits = ranker.train_logits(queries, texts)
                 per_group = torch.split(logits, [len(g) for g in batch])
                 if curve is None:
                     loss = torch.stack([
@@ -237,6 +266,7 @@ def train(
                     if ev.ndcg10 > best_eval.ndcg10 + cfg.min_delta:
                         best_eval, best_step, bad_evals = ev, step, 0
                         best_state = ranker.adapter_state(adapter_name)
+                        best_scale = current_scale()
                     else:
                         bad_evals += 1
                         if bad_evals >= cfg.patience:
@@ -246,6 +276,8 @@ def train(
                 break
 
     ranker.load_state(adapter_name, best_state)
+    if ranker.base.is_sentence_encoder:
+        ranker.set_residual_scale(adapter_name, best_scale)
     regression = evaluate(data.regression) if data.regression else None
     seconds = time.monotonic() - started
     result = TrainResult(
@@ -264,6 +296,8 @@ def train(
         diverged=diverged,
         train_groups=len(data.train),
         replay_count=data.replay_count,
+        residual_scale=best_scale if ranker.base.is_sentence_encoder else None,
+        propensity=curve,
     )
     emit({"event": "done", **result.summary()})
     logger.info("train %s done: %d steps, best step %d, holdout ndcg@10=%.4f, %.0f pairs/s, %.1fs",
