@@ -267,6 +267,15 @@ class Ranker:
                     out = out + residual
             return out.float().cpu().numpy()
 
+    def embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm pooled embeddings of the bare base (what zero-shot cosine uses), cached; float32."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        with self._lock:
+            self._cosine(texts, texts)  # fills the cache
+            return torch.stack([self._embeddings[t] for t in texts]).float().cpu().numpy()
+
     # ----- training hooks (used by adapters.training) ---------------------------------------------
 
     @contextlib.contextmanager
