@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -57,6 +57,9 @@ class _Page(Protocol):
     def explore(self) -> str | None: ...
     @property
     def ranked_positions(self) -> Sequence[int] | None: ...
+
+
+P = TypeVar("P", bound=_Page)
 
 
 @dataclass(frozen=True)
@@ -254,8 +257,8 @@ def _fit_exam_relevance(x: np.ndarray, pos: np.ndarray, c: np.ndarray, n_positio
 
 
 def estimate_regression_em(
-    groups: Sequence[_Page],
-    features: Callable[[_Page], np.ndarray],
+    groups: Sequence[P],
+    features: Callable[[P], np.ndarray],
     n_positions: int = 10,
     iters: int = 200,
     bins: int = 8,
@@ -303,10 +306,10 @@ def _enough(curve: PropensityCurve, min_clicks: int, n_check: int) -> bool:
 
 
 def estimate(
-    groups: Sequence[_Page],
+    groups: Sequence[P],
     n_positions: int = 10,
     *,
-    features: Callable[[_Page], np.ndarray] | None = None,
+    features: Callable[[P], np.ndarray] | None = None,
     min_clicks: int = 200,
     method: str = "auto",
 ) -> PropensityCurve:
