@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,9 @@ TSV = "query\titem_id\ttext\tgrade\nred shoes\ta\tred shoe\t2\nred shoes\tb\tblu
       "tent\td\tbig tent\t0\ntent\te\ttent two\t3\nsame\tf\tx\t1\nsame\tg\ty\t1\n"
 
 
-def _score(query: str, texts: list[str]) -> np.ndarray:
+def _score(query: str, texts: Sequence[str]) -> np.ndarray:
     # a fixed scorer: alphabetical order of the texts, best first
-    return -np.argsort(np.argsort(texts)).astype(float)
+    return -np.argsort(np.argsort(list(texts))).astype(float)
 
 
 def test_eval_judgements_tsv_by_hand(tmp_path: Path) -> None:
