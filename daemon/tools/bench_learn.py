@@ -84,7 +84,7 @@ def _gt_ndcg(score: Callable[[str, Sequence[str]], Any], judged: Sequence[dict[s
 class ProxyModel:
     """The cheap stand-in learner (`--model proxy`): the residual design on frozen embeddings.
 
-    score(q, d) = a * cos(q, d) + v . (e_q * e_d), starting at a = 5, v = 0 (exactly the zero-shot
+    score(q, d) = a * cos(q, d) + v . (dim * e_q * e_d), starting at a = 5, v = 0 (exactly the zero-shot
     ranking, like a fresh adapter), trained with the same losses, early stopping and gate as the adapter.
     It has no LoRA, so it learns less, but it costs only the base's cached embeddings: it lets the
     bench cover every shop and seed on a shared 2-core CPU where the adapter covers a few.
@@ -95,6 +95,7 @@ class ProxyModel:
 
         self.ranker = ranker
         dim = int(ranker.embeddings(["x"]).shape[1])
+        self.dim = dim
         self.a = torch.tensor(5.0, requires_grad=True)
         self.v = torch.zeros(dim, requires_grad=True)
 
@@ -102,10 +103,10 @@ class ProxyModel:
         import torch
 
         e = torch.as_tensor(self.ranker.embeddings([query, *texts]))
-        return e[1:] * e[0]
+        return e[1:] * e[0] * self.dim  # entries of order 1, so Adam's steps move scores visibly
 
     def logits(self, feats: Any) -> Any:
-        return self.a * feats.sum(dim=1) + feats @ self.v
+        return self.a * feats.sum(dim=1) / self.dim + feats @ self.v
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -162,7 +163,7 @@ class ProxyModel:
             self.a.copy_(best_state[0])
             self.v.copy_(best_state[1])
         return {"seconds": time.monotonic() - t0, "steps": epoch, "best_step": best_epoch,
-                "residual_scale": float(self.a)}
+                "residual_scale": float(self.a.detach())}
 
 
 def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
