@@ -114,8 +114,9 @@ class ProxyModel:
         with torch.no_grad():
             return self.logits(self.features(query, texts)).numpy()
 
-    def fit(self, splits: Any, cfg: Any, curve: Sequence[float] | None, epochs: int = 8) -> dict[str, Any]:
-        """Adam over groups (8 per step), holdout evaluation each epoch, best checkpoint kept."""
+    def fit(self, splits: Any, cfg: Any, curve: Sequence[float] | None, epochs: int = 20) -> dict[str, Any]:
+        """Adam (lr = cfg.learning_rate) over groups, 8 per step; holdout every `cfg.eval_every_steps` steps
+        (IPS-NDCG with a curve), stop after `cfg.patience` + 2 evaluations without gain, keep the best."""
         import random
 
         import torch
@@ -125,14 +126,17 @@ class ProxyModel:
 
         t0 = time.monotonic()
         feats = [self.features(g.query, g.texts) for g in splits.train]
-        opt = torch.optim.Adam([self.a, self.v], lr=cfg.learning_rate * cfg.head_lr_scale)
+        opt = torch.optim.Adam([self.a, self.v], lr=cfg.learning_rate)
         rng = random.Random(cfg.seed)
 
         def holdout() -> float:
             return evaluate_groups(self.score, splits.holdout, propensity=curve, max_weight=cfg.ips_max_weight).ndcg10
 
-        best, best_state, best_epoch, bad = holdout(), (self.a.detach().clone(), self.v.detach().clone()), 0, 0
-        for epoch in range(1, epochs + 1):
+        def snapshot() -> tuple[Any, Any]:
+            return self.a.detach().clone(), self.v.detach().clone()
+
+        best, best_state, best_step, bad, step, done = holdout(), snapshot(), 0, 0, 0, False
+        for _ in range(epochs):
             order = list(range(len(feats)))
             rng.shuffle(order)
             for i in range(0, len(order), cfg.groups_per_step):
@@ -152,17 +156,23 @@ class ProxyModel:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            now = holdout()
-            if now > best + cfg.min_delta:
-                best, best_state, best_epoch, bad = now, (self.a.detach().clone(), self.v.detach().clone()), epoch, 0
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
+                step += 1
+                if step % cfg.eval_every_steps:
+                    continue
+                now = holdout()
+                if now > best + cfg.min_delta:
+                    best, best_state, best_step, bad = now, snapshot(), step, 0
+                else:
+                    bad += 1
+                    if bad >= cfg.patience + 2:
+                        done = True
+                        break
+            if done:
+                break
         with torch.no_grad():
             self.a.copy_(best_state[0])
             self.v.copy_(best_state[1])
-        return {"seconds": time.monotonic() - t0, "steps": epoch, "best_step": best_epoch,
+        return {"seconds": time.monotonic() - t0, "steps": step, "best_step": best_step,
                 "residual_scale": float(self.a.detach())}
 
 
