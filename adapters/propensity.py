@@ -124,12 +124,12 @@ def _fill(values: np.ndarray, support: np.ndarray) -> np.ndarray:
 
 
 def _fit_slots(slot: np.ndarray, pos: np.ndarray, click: np.ndarray, n_positions: int,
-               iters: int = 300, prior: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+               iters: int = 300, prior: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
     """Fit clicks ~ Poisson(theta[pos] * rel[slot]) by alternating maximum likelihood.
 
     Only slots seen at two or more positions inform theta (others fit their own rate exactly). A weak
     prior (`prior` pseudo-impressions at the current mean rate) keeps slots without clicks finite.
-    Returns (theta relative to position 0, informative impressions per position).
+    Returns (theta relative to position 0, informative impressions per position, informative clicks).
     """
     _, slot = np.unique(slot, return_inverse=True)
     n_slots = int(slot.max()) + 1 if slot.size else 0
@@ -139,8 +139,9 @@ def _fit_slots(slot: np.ndarray, pos: np.ndarray, click: np.ndarray, n_positions
     keep = distinct[slot] >= 2
     slot, pos, click = slot[keep], pos[keep], click[keep].astype(np.float64)
     support = np.bincount(pos, minlength=n_positions)[:n_positions]
+    informative = int(click.sum())
     if slot.size == 0:
-        return np.ones(n_positions), support
+        return np.ones(n_positions), support, 0
     theta = np.ones(n_positions)
     c_pos = np.bincount(pos, weights=click, minlength=n_positions)[:n_positions]
     c_slot = np.bincount(slot, weights=click, minlength=n_slots)
@@ -158,7 +159,7 @@ def _fit_slots(slot: np.ndarray, pos: np.ndarray, click: np.ndarray, n_positions
             theta = new
             break
         theta = new
-    return theta, support
+    return theta, support, informative
 
 
 def _observations(groups: Sequence[_Page], n_positions: int, slot_of: Callable[[_Page, int], Any],
@@ -185,9 +186,10 @@ def _slot_curve(groups: Sequence[_Page], n_positions: int, method: str, slot_of:
     if not slots:
         return PropensityCurve(tuple([1.0] * n_positions), method, 0, 0, tuple([0] * n_positions))
     codes = np.unique(np.asarray([hash(s) for s in slots], dtype=np.int64), return_inverse=True)[1]
-    theta, support = _fit_slots(codes, pos, clicks, n_positions)
+    theta, support, informative = _fit_slots(codes, pos, clicks, n_positions)
     theta = _fill(theta, support)
-    return PropensityCurve(tuple(float(v) for v in theta), method, pages, int(clicks.sum()),
+    # n_clicks: the clicks that informed the curve (on slots seen at two or more positions)
+    return PropensityCurve(tuple(float(v) for v in theta), method, pages, informative,
                            tuple(int(s) for s in support))
 
 
@@ -310,13 +312,16 @@ def estimate(
     n_positions: int = 10,
     *,
     features: Callable[[P], np.ndarray] | None = None,
-    min_clicks: int = 200,
+    min_clicks: int = 300,
     method: str = "auto",
 ) -> PropensityCurve:
     """The curve from the best estimator the logs allow (`method="auto"`), or the one named.
 
-    auto: randomized pages if they hold `min_clicks` clicks and cover every position, else harvesting if
-    repeated (query, item) pairs do, else regression EM (needs `features`), else `1 / (k + 1)` as prior.
+    auto: randomized pages if they hold `min_clicks` informative clicks and cover every position, else
+    harvesting if repeated (query, item) pairs do, else regression EM (needs `features`), else
+    `1 / (k + 1)` as prior. Informative: on a slot seen at two or more positions; harvesting from a few
+    hundred pages with few repeats passes a plain click count and is wildly off (measured: 4.9x at
+    position 4 on 400 lexical pages), hence the stricter count.
     """
     if method in ("auto", "randomized"):
         curve = estimate_randomized(groups, n_positions)
