@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Quantization = Literal["nf4", "int8", "none", "auto"]
 DevicePref = Literal["auto", "cpu", "cuda"]
 LossName = Literal["listwise", "pairwise", "pointwise"]
+Debias = Literal["ips", "none"]
+ResidualScale = Literal["fixed", "learn"]
+RegressionSample = Literal["spread", "oldest"]
 
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 DEVICES: tuple[str, ...] = get_args(DevicePref)
@@ -82,6 +85,13 @@ class TrainConfig(FrozenConfig):
     max_seconds: float = Field(900.0, gt=0, description="Wall-clock budget of one training run.")
     seed: int = Field(13, description="Seed of all randomness in training and in the data split.")
     min_groups: int = Field(30, ge=2, description="Fewest labelled query groups needed to train.")
+    debias: Debias = Field(
+        "ips", description="Position-bias correction: ips weights each click by 1/propensity(position) in the loss "
+        "and early stopping (when a propensity curve is known); none learns from raw clicks.")
+    ips_max_weight: float = Field(10.0, ge=1, description="Clip of the inverse-propensity weight of one click.")
+    residual_scale: ResidualScale = Field(
+        "fixed", description="On a sentence-encoder base: fixed keeps the zero-shot cosine's weight at 5; learn "
+        "trains it with the head (towards 0 = a plain cross-encoder).")
 
 
 class SplitConfig(FrozenConfig):
@@ -92,6 +102,10 @@ class SplitConfig(FrozenConfig):
         0.1, ge=0, lt=0.5, description="Oldest share kept as regression holdout.")
     replay_ratio: float = Field(0.3, ge=0, le=1, description="Older examples mixed in, per new example.")
     seed: int = Field(13, description="Seed of all randomness in training and in the data split.")
+    regression_sample: RegressionSample = Field(
+        "spread", description="Regression holdout: spread = a fixed hashed sample over the champion's whole "
+        "training window; oldest = the oldest slice of this run's window.")
+    regression_salt: int = Field(0, description="Changes which groups the spread regression sample holds out.")
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitConfig:
@@ -108,3 +122,6 @@ class GateConfig(FrozenConfig):
     confidence: float = Field(0.9, gt=0.5, lt=1, description="Share of resamples that must show a gain.")
     regression_tolerance: float = Field(
         0.01, ge=0, description="Largest NDCG@10 loss allowed on the regression holdout.")
+    power: float = Field(
+        0.8, ge=0.5, lt=1, description="Power behind the smallest detectable gain the gate reports: "
+        "(z(confidence) + z(power)) x bootstrap SE.")

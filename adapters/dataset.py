@@ -7,6 +7,7 @@ Groups are atomic: no group is ever split across train, holdout and regression.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -16,14 +17,38 @@ from typing import Any
 from adapters.config import SplitConfig
 from adapters.errors import NotEnoughData
 
-__all__ = ["ACTION_GRADES", "QueryGroup", "Splits", "build_groups", "split", "truncate_group"]
+__all__ = [
+    "ACTION_GRADES",
+    "EXPLORE_FIELD",
+    "RANKED_POSITION_FIELD",
+    "QueryGroup",
+    "Splits",
+    "build_groups",
+    "in_regression_sample",
+    "split",
+    "truncate_group",
+]
 
 ACTION_GRADES: dict[str, int] = {"impression": 0, "click": 1, "add_to_cart": 2, "purchase": 3}
+
+EXPLORE_FIELD = "explore"
+"""Event field that marks a randomized page: the scorer's exploration changed the order it served
+(`"shuffle"`: the top k were shuffled uniformly; `"swap"`: random adjacent pairs were swapped). Every event
+of such a page carries it; events of ordinary pages omit it (or carry None/""/False)."""
+
+RANKED_POSITION_FIELD = "ranked_position"
+"""Event field, on randomized pages only: the 0-based position the ranker had given the item before the
+exploration moved it to `position`. Optional: a uniform shuffle needs no ranked position."""
 
 
 @dataclass(frozen=True)
 class QueryGroup:
-    """One query's items with graded labels. `ts` is the group's first event (when the query ran)."""
+    """One query's items with graded labels. `ts` is the group's first event (when the query ran).
+
+    `positions` is the 0-based position each item was shown at (None when the events carry no position:
+    position-bias correction is then off for this group). `explore` names the randomization applied to
+    the page (see `EXPLORE_FIELD`), and `ranked_positions` where the ranker had put each item before it.
+    """
 
     key: str
     query: str
@@ -31,6 +56,9 @@ class QueryGroup:
     item_ids: tuple[str, ...]
     texts: tuple[str, ...]
     labels: tuple[int, ...]
+    positions: tuple[int, ...] | None = None
+    explore: str | None = None
+    ranked_positions: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -68,6 +96,20 @@ class _Acc:
     ts: datetime
     grades: dict[str, int] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
+    positions: dict[str, int] = field(default_factory=dict)
+    ranked: dict[str, int] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)  # items whose position came from an impression
+    explore: str | None = None
+
+
+def _position(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        pos = int(value)
+    except (TypeError, ValueError):
+        return None
+    return pos if pos >= 0 else None
 
 
 def build_groups(
@@ -85,7 +127,10 @@ def build_groups(
     (0 or 1), so they would only dilute the gate's paired comparison.
 
     Items are ordered by item id, not by the position they were shown at: metrics break score ties by
-    this order (see `ranking_metrics`), and the shown position is correlated with clicks.
+    this order (see `ranking_metrics`), and the shown position is correlated with clicks. The shown
+    position travels separately (`QueryGroup.positions`, the item's first impression on the page, else its
+    first event with a position) for position-bias correction; a group gets positions only when every
+    kept item has one and no two items share one.
     """
     acc: dict[str, _Acc] = {}
     for ev in events:
@@ -101,6 +146,17 @@ def build_groups(
             a.ts, a.query = ts, str(ev["query"])
         item = str(ev["item_id"])
         a.grades[item] = max(grade, a.grades.get(item, 0))
+        pos = _position(ev.get("position"))
+        if pos is not None and (item not in a.positions or (ev["action"] == "impression" and item not in a.seen)):
+            a.positions[item] = pos
+            ranked = _position(ev.get(RANKED_POSITION_FIELD))
+            if ranked is not None:
+                a.ranked[item] = ranked
+        if ev["action"] == "impression" and pos is not None:
+            a.seen.add(item)
+        mark = ev.get(EXPLORE_FIELD)
+        if mark:
+            a.explore = str(mark) if not isinstance(mark, bool) else "shuffle"
         if ev.get("item_text"):
             a.texts[item] = str(ev["item_text"])  # events arrive in time order per partition: newest wins
 
@@ -119,9 +175,29 @@ def build_groups(
                 texts.append(text)
                 labels.append(a.grades[item])
         if len(ids) >= 2 and max(labels) > 0 and len(set(labels)) >= 2:
-            groups.append(QueryGroup(key, a.query, a.ts, tuple(ids), tuple(texts), tuple(labels)))
+            shown = [a.positions.get(i) for i in ids]
+            positions = tuple(p for p in shown if p is not None) if None not in shown else None
+            if positions is not None and len(set(positions)) != len(positions):
+                positions = None  # two items at one position: the log is inconsistent, do not correct
+            before = [a.ranked.get(i) for i in ids]
+            ranked_positions = (tuple(r for r in before if r is not None)
+                                if positions and None not in before else None)
+            groups.append(QueryGroup(key, a.query, a.ts, tuple(ids), tuple(texts), tuple(labels), positions,
+                                     a.explore if positions else None, ranked_positions))
     groups.sort(key=lambda g: (g.ts, g.key))
     return groups
+
+
+def in_regression_sample(key: str, fraction: float, salt: int = 0) -> bool:
+    """Whether group `key` belongs to the fixed regression sample: a hash of the key below `fraction`.
+
+    The same key is in or out in every run (for one `salt`), whatever window the run reads, so the
+    sample is spread evenly over time and a group held out for regression is never trained on.
+    """
+    if fraction <= 0:
+        return False
+    digest = hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
 def split(
@@ -131,12 +207,18 @@ def split(
     *,
     regression_before: datetime | None = None,
 ) -> Splits:
-    """Split by time: regression = oldest slice, holdout = newest slice, train = the rest (+ replay).
+    """Split by time: holdout = newest slice, regression = a fixed sample, train = the rest (+ replay).
 
-    The regression slice is the oldest `regression_fraction` of `groups`, or, to keep it fixed across
-    runs, every non-holdout group older than `regression_before`. Replay samples
-    `round(replay_ratio * len(train))` groups from `previous` (older groups outside this window), never
-    one that is already in a split or not older than the holdout. Deterministic for `cfg.seed`.
+    Regression sample, by `cfg.regression_sample`:
+    - `"spread"` (default): every group older than the holdout, in `groups` or in `previous` (the window
+      the champion trained on), whose key hashes into `regression_fraction` (`in_regression_sample`).
+      Membership never changes between runs, so these groups are never trained on, by the champion or
+      any later candidate, and they represent the champion's whole training window, not its oldest end.
+    - `"oldest"`: the oldest `regression_fraction` of `groups`.
+    Either way, `regression_before` instead takes every non-holdout group of `groups` older than it.
+    Replay samples `round(replay_ratio * len(train))` groups from `previous` (older groups outside this
+    window), never one that is already in a split, in the regression sample, or not older than the
+    holdout. Deterministic for `cfg.seed`.
     """
     ordered = sorted(groups, key=lambda g: (g.ts, g.key))
     keys = [g.key for g in ordered]
@@ -147,16 +229,26 @@ def split(
         raise NotEnoughData(f"{n} query groups; need at least 2 to split into train and holdout")
     n_hold = max(1, round(n * cfg.holdout_fraction))
     older, holdout = ordered[: n - n_hold], ordered[n - n_hold :]
+    holdout_from = holdout[0].ts
+    used = set(keys)
+    spread = regression_before is None and cfg.regression_sample == "spread"
+
+    def sampled(g: QueryGroup) -> bool:
+        return in_regression_sample(g.key, cfg.regression_fraction, cfg.regression_salt)
+
     if regression_before is not None:
         regression = [g for g in older if g.ts < regression_before]
+    elif spread:
+        regression = [g for g in older if sampled(g)]
+        regression += [g for g in previous if g.key not in used and g.ts < holdout_from and sampled(g)]
+        regression.sort(key=lambda g: (g.ts, g.key))
     else:
         regression = older[: int(n * cfg.regression_fraction)]
     reg_keys = {g.key for g in regression}
     train = [g for g in older if g.key not in reg_keys]
 
-    holdout_from = holdout[0].ts
-    used = set(keys)
-    pool = [g for g in previous if g.key not in used and g.ts < holdout_from]
+    pool = [g for g in previous if g.key not in used and g.key not in reg_keys and g.ts < holdout_from
+            and not (spread and sampled(g))]
     pool.sort(key=lambda g: (g.ts, g.key))  # sampling must not depend on the caller's order
     k = min(len(pool), round(cfg.replay_ratio * len(train)))
     replay = random.Random(cfg.seed).sample(pool, k) if k else []
@@ -179,4 +271,6 @@ def truncate_group(group: QueryGroup, max_items: int, rng: random.Random) -> Que
         item_ids=tuple(group.item_ids[i] for i in keep),
         texts=tuple(group.texts[i] for i in keep),
         labels=tuple(group.labels[i] for i in keep),
+        positions=None if group.positions is None else tuple(group.positions[i] for i in keep),
+        ranked_positions=None if group.ranked_positions is None else tuple(group.ranked_positions[i] for i in keep),
     )

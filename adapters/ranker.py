@@ -57,6 +57,7 @@ RESIDUAL_SCALE: Final = 5.0
 products differ by 0.1-0.3, so this puts them 0.5-1.5 logits apart: a ranking the head can correct."""
 
 _SCORING_KEY = "ranktune_scoring"
+_RESIDUAL_RULE = re.compile(r"^cosine\*([0-9.eE+-]+)\+head$")
 _EMBED_CACHE_SIZE = 20_000  # frozen base embeddings kept (384 floats each for MiniLM: about 30 MB)
 _RESERVED = "__zero_shot__"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
@@ -78,6 +79,7 @@ class Ranker:
         self._targets: list[str] | None = list(targets) if targets else None
         self._exclude = self._head_children(base.model)
         self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._scales: dict[str, float] = {}  # residual weight per adapter (sentence-encoder bases only)
         reserved = self._lora_config(r=1, modules_to_save=[])
         self._peft: PeftModel = get_peft_model(base.model, reserved, adapter_name=_RESERVED)
         self._peft.eval()
@@ -138,7 +140,8 @@ class Ranker:
         """
         with self._lock:
             scoring = peft_config.get(_SCORING_KEY)
-            if scoring != self.scoring:
+            scale = self._scale_of_rule(scoring)
+            if scale is None:
                 raise AdapterMismatch(f"adapter {name} scores as {scoring!r}; this ranker as {self.scoring!r}")
             self._claim(name)
             cfg = _config_from_dict(peft_config)
@@ -154,6 +157,7 @@ class Ranker:
                 if isinstance(exc, AdapterMismatch):
                     raise
                 raise AdapterMismatch(f"adapter {name}: weights cannot be loaded: {exc}") from exc
+            self._scales[name] = scale
             self._restore_peft_active()
 
     def load_state(self, name: str, state: dict[str, torch.Tensor]) -> None:
@@ -180,6 +184,7 @@ class Ranker:
                 self._active = None
             self._restore_peft_active()  # so peft never deletes its own active adapter (and warns)
             self._peft.delete_adapter(name)
+            self._scales.pop(name, None)
 
     def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
         """LoRA and head weights of `name`, copied to CPU, keyed without the adapter name (peft format)."""
@@ -196,8 +201,42 @@ class Ranker:
         out = {k: _jsonable(v) for k, v in raw.items()}
         out["inference_mode"] = True
         out["base_model_name_or_path"] = self.base.model_id
-        out[_SCORING_KEY] = self.scoring
+        out[_SCORING_KEY] = self._rule(name)
         return out
+
+    def residual_scale(self, name: str) -> float:
+        """The weight of the zero-shot cosine in adapter `name`'s score (0.0 on a cross-encoder base)."""
+        with self._lock:
+            self._require(name)
+            return self._scales.get(name, RESIDUAL_SCALE) if self.base.is_sentence_encoder else 0.0
+
+    def set_residual_scale(self, name: str, scale: float) -> None:
+        """Set adapter `name`'s residual weight (training learns it; recorded in its `ranktune_scoring`)."""
+        with self._lock:
+            self._require(name)
+            if not self.base.is_sentence_encoder:
+                raise AdapterMismatch("a cross-encoder base scores with its head alone: no residual weight")
+            if not (0.0 <= scale < 1e3):
+                raise ValueError(f"residual scale must be in [0, 1000), got {scale}")
+            self._scales[name] = float(scale)
+
+    def _rule(self, name: str) -> str:
+        if not self.base.is_sentence_encoder:
+            return "head"
+        return f"cosine*{self._scales.get(name, RESIDUAL_SCALE):.6g}+head"
+
+    def _scale_of_rule(self, scoring: Any) -> float | None:
+        """The residual weight a `ranktune_scoring` rule names, if this ranker can score that way."""
+        if not self.base.is_sentence_encoder:
+            return 0.0 if scoring == "head" else None
+        m = _RESIDUAL_RULE.match(str(scoring))
+        if m is None:
+            return None
+        try:
+            value = float(m.group(1))
+        except ValueError:
+            return None
+        return value if 0.0 <= value < 1e3 else None
 
     # ----- scoring --------------------------------------------------------------------------------
 
@@ -221,12 +260,21 @@ class Ranker:
                 out = self._zero_shot(queries, texts)
             else:
                 self._require(name)
-                residual = self._residual(queries, texts)  # before the switch: it runs the bare base
+                residual = self._residual(queries, texts, name)  # before the switch: it runs the bare base
                 with self._peft_active(name):
                     out = self._batched_logits(queries, texts)
                 if residual is not None:
                     out = out + residual
             return out.float().cpu().numpy()
+
+    def embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm pooled embeddings of the bare base (what zero-shot cosine uses), cached; float32."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        with self._lock:
+            self._cosine(texts, texts)  # fills the cache
+            return torch.stack([self._embeddings[t] for t in texts]).float().cpu().numpy()
 
     # ----- training hooks (used by adapters.training) ---------------------------------------------
 
@@ -254,9 +302,20 @@ class Ranker:
         """Logits with gradients for the adapter in `training` (one forward, no batching)."""
         if self._training is None:
             raise RuntimeError("train_logits outside Ranker.training()")
-        residual = self._residual(list(queries), list(texts))
+        residual = self._residual(list(queries), list(texts), self._training)
         logits = self._pair_logits(list(queries), list(texts))
         return logits if residual is None else logits + residual
+
+    def train_parts(self, queries: Sequence[str], texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(head logits with gradients, zero-shot cosine without) for the adapter in `training`, so the
+        caller can learn the residual weight; `train_logits` = logits + residual_scale * cosine."""
+        if self._training is None:
+            raise RuntimeError("train_parts outside Ranker.training()")
+        cosine = None
+        if self.base.is_sentence_encoder:
+            with torch.no_grad():
+                cosine = self._cosine(list(queries), list(texts))
+        return self._pair_logits(list(queries), list(texts)), cosine
 
     # ----- internals ------------------------------------------------------------------------------
 
@@ -365,12 +424,12 @@ class Ranker:
         self._restore_peft_active()  # disable_adapter's exit marks the active adapter trainable again
         return out
 
-    def _residual(self, queries: list[str], texts: list[str]) -> torch.Tensor | None:
+    def _residual(self, queries: list[str], texts: list[str], name: str) -> torch.Tensor | None:
         """The zero-shot part of an adapter's score (None on a cross-encoder base); never has gradients."""
         if not self.base.is_sentence_encoder:
             return None
         with torch.no_grad():
-            return RESIDUAL_SCALE * self._cosine(queries, texts)
+            return self._scales.get(name, RESIDUAL_SCALE) * self._cosine(queries, texts)
 
     def _cosine(self, queries: list[str], texts: list[str]) -> torch.Tensor:
         """Cosine of the bare base's pooled embeddings, per pair; embeddings come from the cache."""

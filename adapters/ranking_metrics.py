@@ -15,7 +15,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["EvalResult", "auc", "evaluate_groups", "mrr", "ndcg_at_k", "rank_order"]
+__all__ = [
+    "EvalResult",
+    "auc",
+    "dcg_from_gains",
+    "evaluate_groups",
+    "ips_gains",
+    "mrr",
+    "ndcg_at_k",
+    "ndcg_from_gains",
+    "rank_order",
+]
 
 
 class _Group(Protocol):
@@ -43,6 +53,45 @@ def ndcg_at_k(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.n
     dcg = float((gains[rank_order(scores)][:k] * discounts).sum())
     idcg = float((np.sort(gains)[::-1][:k] * discounts).sum())
     return dcg / idcg if idcg > 0 else 0.0
+
+
+def dcg_from_gains(scores: Sequence[float] | np.ndarray, gains: Sequence[float] | np.ndarray, k: int = 10) -> float:
+    """DCG@k of the ranking by `scores` with the item gains given directly (`log2(rank + 1)` discounts)."""
+    g = np.asarray(gains, dtype=np.float64)
+    if g.size == 0:
+        return 0.0
+    discounts = 1.0 / np.log2(np.arange(2, min(k, g.size) + 2))
+    return float((g[rank_order(scores)][:k] * discounts).sum())
+
+
+def ndcg_from_gains(scores: Sequence[float] | np.ndarray, gains: Sequence[float] | np.ndarray, k: int = 10) -> float:
+    """NDCG@k with the item gains given directly (e.g. position-debiased gains); 0.0 when all are 0."""
+    g = np.asarray(gains, dtype=np.float64)
+    if g.size == 0:
+        return 0.0
+    discounts = 1.0 / np.log2(np.arange(2, min(k, g.size) + 2))
+    dcg = float((g[rank_order(scores)][:k] * discounts).sum())
+    idcg = float((np.sort(g)[::-1][:k] * discounts).sum())
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def ips_gains(
+    labels: Sequence[int] | np.ndarray,
+    positions: Sequence[int] | np.ndarray,
+    propensity: Sequence[float] | np.ndarray,
+    max_weight: float,
+) -> np.ndarray:
+    """Position-debiased gains `(2^label - 1) * min(1 / propensity[position], max_weight)` of one page.
+
+    DCG over these gains (`dcg_from_gains`) is the inverse-propensity-scored DCG of the page: a click at
+    a position few shoppers look at counts for as many clicks as it stands for. Positions beyond the
+    curve take its last value.
+    """
+    p = np.asarray(propensity, dtype=np.float64)
+    idx = np.minimum(np.asarray(positions, dtype=np.int64), p.size - 1)
+    with np.errstate(divide="ignore"):
+        w = np.minimum(1.0 / np.maximum(p[idx], 1e-12), max_weight)
+    return (np.power(2.0, np.asarray(labels, dtype=np.float64)) - 1.0) * w
 
 
 def mrr(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
@@ -86,28 +135,49 @@ def evaluate_groups(
     *,
     loss_fn: Callable[[np.ndarray, np.ndarray], float] | None = None,
     k: int = 10,
+    propensity: Sequence[float] | None = None,
+    max_weight: float = 10.0,
 ) -> EvalResult:
     """Score every group with `score_fn(query, texts)` and average NDCG@k, MRR, AUC (and `loss_fn`).
 
     `per_group_ndcg` keeps the groups' order, so two models evaluated on the same groups can be
     compared pair by pair (see `gate.decide`).
+
+    With a `propensity` curve, every group that has positions gets IPS-NDCG instead: its DCG@k over the
+    debiased gains of `ips_gains` (clipped at `max_weight`), divided by the mean ideal IPS-DCG of all such
+    groups. The divisor is one constant for the whole set, so a page whose clicks sat at rarely seen
+    positions weighs more, as it must: normalizing each page by its own ideal would cancel the weight of a
+    page with one click and reward a model for copying the logged order. The mean over groups is then an
+    unbiased estimate (up to clipping) of the full-information DCG, on a scale where the ideal averages 1.
+    Groups without positions, MRR and AUC use the raw labels.
     """
     ndcgs: list[float] = []
     mrrs: list[float] = []
     aucs: list[float] = []
     losses: list[float] = []
-    for g in groups:
+    ips: dict[int, tuple[float, float]] = {}  # group index -> (IPS-DCG, IPS-ideal DCG)
+    for n, g in enumerate(groups):
         scores = np.asarray(score_fn(g.query, g.texts), dtype=np.float64)
         labels = np.asarray(g.labels)
         if scores.shape != labels.shape:
             raise ValueError(f"score_fn returned {scores.shape[0]} scores for {labels.shape[0]} items")
-        ndcgs.append(ndcg_at_k(scores, labels, k))
+        positions = getattr(g, "positions", None)
+        if propensity is not None and positions is not None:
+            gains = ips_gains(labels, positions, propensity, max_weight)
+            ips[n] = (dcg_from_gains(scores, gains, k), dcg_from_gains(gains, gains, k))
+            ndcgs.append(0.0)  # filled in below, once the holdout's mean ideal DCG is known
+        else:
+            ndcgs.append(ndcg_at_k(scores, labels, k))
         mrrs.append(mrr(scores, labels))
         a = auc(scores, labels)
         if a is not None:
             aucs.append(a)
         if loss_fn is not None:
             losses.append(float(loss_fn(scores, labels)))
+    if ips:
+        scale = float(np.mean([ideal for _, ideal in ips.values()]))
+        for n, (dcg, _) in ips.items():
+            ndcgs[n] = dcg / scale if scale > 0 else 0.0
     return EvalResult(
         ndcg10=float(np.mean(ndcgs)) if ndcgs else 0.0,
         mrr=float(np.mean(mrrs)) if mrrs else 0.0,

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 from adapters.config import TrainConfig
 from adapters.dataset import QueryGroup, Splits, truncate_group
 from adapters.errors import NotEnoughData
-from adapters.losses import get_loss
+from adapters.losses import get_loss, ips_listwise_terms, ips_weights
 from adapters.ranker import Ranker
 from adapters.ranking_metrics import EvalResult, evaluate_groups
 
@@ -51,6 +51,8 @@ class TrainResult:
     diverged: bool = False  # a non-finite loss ended the run
     train_groups: int = 0
     replay_count: int = 0
+    residual_scale: float | None = None  # of the best checkpoint (sentence-encoder bases)
+    propensity: list[float] | None = None  # the curve the run corrected with, when it did
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers for logs, meta.json and the registry (no weights, no per-group lists)."""
@@ -68,6 +70,8 @@ class TrainResult:
             "seconds": self.seconds,
             "train_groups": self.train_groups,
             "replay_count": self.replay_count,
+            "residual_scale": self.residual_scale,
+            "propensity": self.propensity,
         }
 
 
@@ -94,6 +98,12 @@ def _param_groups(ranker: Ranker, params: list[torch.nn.Parameter], cfg: TrainCo
             for (is_head, decays), ps in sorted(groups.items())]
 
 
+def _weights(group: QueryGroup, curve: Sequence[float], max_weight: float) -> torch.Tensor:
+    if group.positions is None:
+        return torch.ones(len(group))
+    return ips_weights(group.positions, curve, max_weight)
+
+
 def train(
     ranker: Ranker,
     data: Splits,
@@ -103,6 +113,8 @@ def train(
     init_state: dict[str, torch.Tensor] | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    propensity: Sequence[float] | None = None,
+    init_scale: float | None = None,
 ) -> TrainResult:
     """Train a new adapter `adapter_name` in `ranker` and return its best checkpoint.
 
@@ -111,6 +123,14 @@ def train(
     previously active adapter stays active. `on_progress` gets a dict per step ({"event": "step", ...})
     and per evaluation ({"event": "eval", ...}). Raises NotEnoughData with fewer than `cfg.min_groups`
     training groups or an empty holdout.
+
+    With a `propensity` curve (relative examination per 0-based position, `adapters.propensity`) and
+    `cfg.debias == "ips"`, the loss is the inverse-propensity-weighted listwise loss over each step's
+    groups (`losses.ips_listwise_terms`, clipped at `cfg.ips_max_weight`; groups without positions weigh
+    their clicks 1), and early stopping selects by IPS-NDCG@10 on the holdout instead of click NDCG, which
+    favours whatever copies the order the clicks were collected under. `result.holdout` is then debiased.
+    With `cfg.residual_scale == "learn"` the weight of the zero-shot cosine is trained too (from
+    `init_scale`, the warm start's weight, else 5); the best checkpoint's weight is set on the adapter.
     """
     started = time.monotonic()
     if len(data.train) < cfg.min_groups:
@@ -122,14 +142,20 @@ def train(
     ranker.new_adapter(adapter_name)
     if init_state is not None:
         ranker.load_state(adapter_name, init_state)
+    if init_scale is not None and ranker.base.is_sentence_encoder:
+        ranker.set_residual_scale(adapter_name, init_scale)  # the warm start's residual weight
 
     loss_fn = get_loss(cfg.loss)
+    curve = list(propensity) if propensity is not None and cfg.debias == "ips" else None
+    if curve is not None and cfg.loss != "listwise":
+        raise ValueError("position-bias correction needs the listwise loss")
 
     def np_loss(scores: np.ndarray, labels: np.ndarray) -> float:
         return float(loss_fn(torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(labels)))
 
     def evaluate(groups: list[QueryGroup]) -> EvalResult:
-        return evaluate_groups(lambda q, t: ranker.score(q, t, adapter=adapter_name), groups, loss_fn=np_loss)
+        return evaluate_groups(lambda q, t: ranker.score(q, t, adapter=adapter_name), groups, loss_fn=np_loss,
+                               propensity=curve, max_weight=cfg.ips_max_weight)
 
     def emit(event: dict[str, Any]) -> None:
         if on_progress is not None:
@@ -142,11 +168,24 @@ def train(
     early = budget = stopped = diverged = False
     losses_since_eval: list[float] = []
 
+    learn_scale = cfg.residual_scale == "learn" and ranker.base.is_sentence_encoder
+    # softplus(rho) = the residual weight; starts at the adapter's own weight (5 unless warm-started)
+    start_scale = ranker.residual_scale(adapter_name) if ranker.base.is_sentence_encoder else 0.0
+    rho = torch.tensor(math.log(math.expm1(max(start_scale, 1e-4))), requires_grad=True)
+
+    def current_scale() -> float:
+        return float(torch.nn.functional.softplus(rho.detach()))
+
     with ranker.training(adapter_name) as params:
-        optimizer = torch.optim.AdamW(_param_groups(ranker, params, cfg), lr=cfg.learning_rate)
+        groups = _param_groups(ranker, params, cfg)
+        if learn_scale:
+            groups.append({"params": [rho], "weight_decay": 0.0, "lr": cfg.learning_rate * cfg.head_lr_scale})
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
         def record(epoch: int) -> EvalResult:
+            if learn_scale:
+                ranker.set_residual_scale(adapter_name, current_scale())
             ev = evaluate(data.holdout)
             entry = {
                 "step": step,
@@ -158,6 +197,7 @@ def train(
                 "holdout_mrr": ev.mrr,
                 "holdout_auc": ev.auc,
                 "holdout_loss": ev.loss,
+                "residual_scale": current_scale() if learn_scale else None,
             }
             losses_since_eval.clear()
             history.append(entry)
@@ -168,6 +208,7 @@ def train(
 
         best_eval = record(0)
         best_step, best_state = 0, ranker.adapter_state(adapter_name)
+        best_scale = start_scale
         bad_evals = 0
 
         for epoch in range(cfg.epochs):
@@ -183,13 +224,25 @@ def train(
                 t_step = time.monotonic()
                 batch = [truncate_group(data.train[i], cfg.max_items_per_group, rng)
                          for i in order[start : start + cfg.groups_per_step]]
-                logits = ranker.train_logits([g.query for g in batch for _ in g.texts],
-                                             [t for g in batch for t in g.texts])
+                queries = [g.query for g in batch for _ in g.texts]
+                texts = [t for g in batch for t in g.texts]
+                if learn_scale:
+                    head, cosine = ranker.train_parts(queries, texts)
+                    logits = head if cosine is None else head + torch.nn.functional.softplus(rho) * cosine
+                else:
+                    logits = ranker.train_logits(queries, texts)
                 per_group = torch.split(logits, [len(g) for g in batch])
-                loss = torch.stack([
-                    loss_fn(s, torch.as_tensor(g.labels, device=s.device))
-                    for s, g in zip(per_group, batch, strict=True)
-                ]).mean()
+                if curve is None:
+                    loss = torch.stack([
+                        loss_fn(s, torch.as_tensor(g.labels, device=s.device))
+                        for s, g in zip(per_group, batch, strict=True)
+                    ]).mean()
+                else:
+                    terms = [ips_listwise_terms(s, torch.as_tensor(g.labels, device=s.device),
+                                                _weights(g, curve, cfg.ips_max_weight))
+                             for s, g in zip(per_group, batch, strict=True)]
+                    total = torch.stack([t for _, t in terms]).sum()
+                    loss = torch.stack([n for n, _ in terms]).sum() / total.clamp(min=1e-9)
                 if not torch.isfinite(loss):
                     diverged = True
                     logger.warning("train %s: non-finite loss at step %d; keeping the best checkpoint",
@@ -213,6 +266,7 @@ def train(
                     if ev.ndcg10 > best_eval.ndcg10 + cfg.min_delta:
                         best_eval, best_step, bad_evals = ev, step, 0
                         best_state = ranker.adapter_state(adapter_name)
+                        best_scale = current_scale()
                     else:
                         bad_evals += 1
                         if bad_evals >= cfg.patience:
@@ -222,6 +276,8 @@ def train(
                 break
 
     ranker.load_state(adapter_name, best_state)
+    if ranker.base.is_sentence_encoder:
+        ranker.set_residual_scale(adapter_name, best_scale)
     regression = evaluate(data.regression) if data.regression else None
     seconds = time.monotonic() - started
     result = TrainResult(
@@ -240,6 +296,8 @@ def train(
         diverged=diverged,
         train_groups=len(data.train),
         replay_count=data.replay_count,
+        residual_scale=best_scale if ranker.base.is_sentence_encoder else None,
+        propensity=curve,
     )
     emit({"event": "done", **result.summary()})
     logger.info("train %s done: %d steps, best step %d, holdout ndcg@10=%.4f, %.0f pairs/s, %.1fs",

@@ -84,7 +84,8 @@ def _groups(n: int, prefix: str = "g", start: datetime = T0) -> list[QueryGroup]
 def test_split_is_time_based_and_disjoint() -> None:
     groups = _groups(50)
     shuffled = random.Random(1).sample(groups, len(groups))
-    s = split(shuffled, SplitConfig(holdout_fraction=0.2, regression_fraction=0.1, replay_ratio=0.0))
+    s = split(shuffled, SplitConfig(holdout_fraction=0.2, regression_fraction=0.1, replay_ratio=0.0,
+                                    regression_sample="oldest"))
     assert len(s.holdout) == 10 and len(s.regression) == 5 and len(s.train) == 35
     assert max(g.ts for g in s.train) < min(g.ts for g in s.holdout)
     assert max(g.ts for g in s.regression) < min(g.ts for g in s.train)

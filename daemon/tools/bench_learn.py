@@ -1,0 +1,461 @@
+"""`bench learn`: does learning from clicks help on shops the defaults were not tuned on?
+
+For each shop of the family (`daemon.tools.shops.FAMILY`, or `--shops`) and each seed: simulate click logs
+under the shop's logging policy (random, lexical or closed loop: the base model orders the pages, as the
+live champion would), estimate the position bias from all logged pages (`adapters.propensity.estimate`),
+train on the newest pages, and compare learners on ground-truth NDCG@10 of unseen queries:
+
+* `zero-shot`: the base model (the champion before any promotion);
+* `naive`: clicks as labels, click-NDCG for early stopping (`debias="none"`);
+* `corrected`: IPS-weighted listwise loss and IPS-NDCG early stopping with the estimated curve;
+* `ceiling`: the same pages with their true grades as labels (full information).
+
+Each trained candidate goes through the gate against zero-shot on the click holdout, scored with the
+position-debiased IPS-NDCG (`fair`) and, for comparison, with raw click NDCG (`raw`). `promoted` is
+what the daemon would serve: the corrected candidate if the fair gate passes it, else zero-shot.
+
+Writes JSON (stdout or `--out`) and a markdown table (`--markdown`). Runs as
+`python -m daemon.tools.bench_learn --shops all --seeds 1,2,3`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "markdown", "run_one"]
+
+log = logging.getLogger("bench_learn")
+
+LEARNERS = ("zero-shot", "naive", "corrected", "ceiling")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shops", default="all", help="Comma-separated family shop names, or all (default).")
+    p.add_argument("--seeds", default="1,2,3", help="Comma-separated seeds (default %(default)s).")
+    p.add_argument("--log-pages", type=int, default=1500, help="Logged pages for propensity estimation.")
+    p.add_argument("--train-pages", type=int, default=200, help="Newest pages used for training (+ holdout).")
+    p.add_argument("--judged-queries", type=int, default=40, help="Unseen judged queries per shop.")
+    p.add_argument("--candidates", type=int, default=20, help="Judged items per unseen query.")
+    p.add_argument("--eta", type=float, default=None, help="Override every shop's examination power.")
+    p.add_argument("--policy", default=None, help="Override every shop's logging policy (random|lexical|closed).")
+    p.add_argument("--explore-rate", type=float, default=None, help="Override the share of shuffled pages.")
+    p.add_argument("--propensity", default="auto", help="auto|randomized|harvested|regression_em|true.")
+    p.add_argument("--learners", default=",".join(LEARNERS[1:]), help="Trained learners (default %(default)s).")
+    p.add_argument("--quantization", default="nf4")
+    p.add_argument("--max-seq-len", type=int, default=48)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--ips-max-weight", type=float, default=10.0)
+    p.add_argument("--model", default="adapter", choices=("adapter", "proxy"),
+                   help="adapter: LoRA + head (the daemon's learner); proxy: a head on frozen embeddings (cheap).")
+    p.add_argument("--residual-scale", default="fixed", choices=("fixed", "learn"))
+    p.add_argument("--drift", action="store_true", help="Run the no-forgetting protocol (run_drift) instead.")
+    p.add_argument("--out", default=None, help="Write the JSON here too (appended per shop as it runs).")
+    p.add_argument("--markdown", default=None, help="Write the markdown table here.")
+
+
+def _truth_groups(events: Sequence[dict[str, Any]]) -> list[Any]:
+    """The same pages, labelled with the hidden grade of every shown item (full information)."""
+    from adapters.dataset import ACTION_GRADES, build_groups
+
+    names = {g: a for a, g in ACTION_GRADES.items()}
+    rows = [{**e, "action": names[int(e["grade"])]} for e in events if e["action"] == "impression"]
+    return build_groups(rows, lambda _: None)
+
+
+def _gt_ndcg(score: Callable[[str, Sequence[str]], Any], judged: Sequence[dict[str, Any]]) -> list[float]:
+    from adapters.ranking_metrics import ndcg_at_k
+
+    return [ndcg_at_k(np.asarray(score(j["query"], [i["text"] for i in j["items"]])),
+                      [i["grade"] for i in j["items"]]) for j in judged]
+
+
+class ProxyModel:
+    """The cheap stand-in learner (`--model proxy`): the residual design on frozen embeddings.
+
+    score(q, d) = a * cos(q, d) + v . (dim * e_q * e_d), starting at a = 5, v = 0 (exactly the zero-shot
+    ranking, like a fresh adapter), trained with the same losses, early stopping and gate as the adapter.
+    It has no LoRA, so it learns less, but it costs only the base's cached embeddings: it lets the
+    bench cover every shop and seed on a shared 2-core CPU where the adapter covers a few.
+    """
+
+    def __init__(self, ranker: Any) -> None:
+        import torch
+
+        self.ranker = ranker
+        dim = int(ranker.embeddings(["x"]).shape[1])
+        self.dim = dim
+        self.a = torch.tensor(5.0, requires_grad=True)
+        self.v = torch.zeros(dim, requires_grad=True)
+
+    def features(self, query: str, texts: Sequence[str]) -> Any:
+        import torch
+
+        e = torch.as_tensor(self.ranker.embeddings([query, *texts]))
+        return e[1:] * e[0] * self.dim  # entries of order 1, so Adam's steps move scores visibly
+
+    def logits(self, feats: Any) -> Any:
+        return self.a * feats.sum(dim=1) / self.dim + feats @ self.v
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.logits(self.features(query, texts)).numpy()
+
+    def fit(self, splits: Any, cfg: Any, curve: Sequence[float] | None, epochs: int = 20) -> dict[str, Any]:
+        """Adam (lr = cfg.learning_rate) over groups, 8 per step; holdout every `cfg.eval_every_steps` steps
+        (IPS-NDCG with a curve), stop after `cfg.patience` + 2 evaluations without gain, keep the best."""
+        import random
+
+        import torch
+
+        from adapters.losses import ips_listwise_terms, ips_weights, listwise_loss
+        from adapters.ranking_metrics import evaluate_groups
+
+        t0 = time.monotonic()
+        feats = [self.features(g.query, g.texts) for g in splits.train]
+        opt = torch.optim.Adam([self.a, self.v], lr=cfg.learning_rate)
+        rng = random.Random(cfg.seed)
+
+        def holdout() -> float:
+            return evaluate_groups(self.score, splits.holdout, propensity=curve, max_weight=cfg.ips_max_weight).ndcg10
+
+        def snapshot() -> tuple[Any, Any]:
+            return self.a.detach().clone(), self.v.detach().clone()
+
+        best, best_state, best_step, bad, step, done = holdout(), snapshot(), 0, 0, 0, False
+        for _ in range(epochs):
+            order = list(range(len(feats)))
+            rng.shuffle(order)
+            for i in range(0, len(order), cfg.groups_per_step):
+                idx = order[i : i + cfg.groups_per_step]
+                if curve is None:
+                    loss = torch.stack([listwise_loss(self.logits(feats[j]), torch.as_tensor(splits.train[j].labels))
+                                        for j in idx]).mean()
+                else:
+                    terms = []
+                    for j in idx:
+                        g = splits.train[j]
+                        w = torch.ones(len(g)) if g.positions is None else ips_weights(g.positions, curve,
+                                                                                        cfg.ips_max_weight)
+                        terms.append(ips_listwise_terms(self.logits(feats[j]), torch.as_tensor(g.labels), w))
+                    loss = torch.stack([n for n, _ in terms]).sum() / torch.stack([t for _, t in terms]).sum().clamp(
+                        min=1e-9)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+                if step % cfg.eval_every_steps:
+                    continue
+                now = holdout()
+                if now > best + cfg.min_delta:
+                    best, best_state, best_step, bad = now, snapshot(), step, 0
+                else:
+                    bad += 1
+                    if bad >= cfg.patience + 2:
+                        done = True
+                        break
+            if done:
+                break
+        with torch.no_grad():
+            self.a.copy_(best_state[0])
+            self.v.copy_(best_state[1])
+        return {"seconds": time.monotonic() - t0, "steps": step, "best_step": best_step,
+                "residual_scale": float(self.a.detach())}
+
+
+def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """One shop and seed: logs, propensity, learners, gates, ground truth. Returns a JSON-ready dict."""
+    from adapters import propensity as prop
+    from adapters.config import GateConfig, SplitConfig, TrainConfig
+    from adapters.dataset import build_groups, split
+    from adapters.gate import decide
+    from adapters.ranking_metrics import evaluate_groups
+    from adapters.training import train
+    from daemon.tools.shops import FamilyShop
+
+    t0 = time.monotonic()
+    shop = FamilyShop(spec, seed)
+
+    def zero_shot(q: str, t: Sequence[str]) -> Any:
+        return ranker.score(q, t, adapter=None)
+
+    events = list(shop.traffic(opts["log_pages"], order=zero_shot))
+    groups = build_groups(events, lambda _: None)
+    sim_s = time.monotonic() - t0
+    n_pos = spec.page_size
+    true_curve = shop.spec.clicks.curve(n_pos)
+    if opts["propensity"] == "true":
+        curve = prop.PropensityCurve(tuple(v / true_curve[0] for v in true_curve), "true", 0, 0)
+    else:
+        def features(g: Any) -> np.ndarray:
+            return np.asarray(zero_shot(g.query, g.texts), dtype=np.float64)[:, None]
+
+        curve = prop.estimate(groups, n_pos, features=features, method=opts["propensity"])
+    prop_err = prop.max_relative_error(curve.values, true_curve, min(10, n_pos))
+
+    window = groups[-opts["train_pages"]:]
+    keys = {g.key for g in window}
+    split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.0, replay_ratio=0.0, seed=seed)
+    splits = split(window, split_cfg)
+    truth = [g for g in _truth_groups(events) if g.key in keys]
+    truth_splits = split(truth, split_cfg)
+    judged = shop.judgements(opts["judged_queries"], opts["candidates"])
+    gate_cfg = GateConfig()
+
+    rows: dict[str, dict[str, Any]] = {}
+    zs_gt = _gt_ndcg(zero_shot, judged)
+    rows["zero-shot"] = {"gt_ndcg10": float(np.mean(zs_gt)), "train_s": 0.0}
+    fair_zero = evaluate_groups(zero_shot, splits.holdout, propensity=curve.values,
+                                max_weight=opts["ips_max_weight"]).per_group_ndcg
+    raw_zero = evaluate_groups(zero_shot, splits.holdout).per_group_ndcg
+    for learner in opts["learners"]:
+        name = f"b-{spec.name}-{seed}-{learner}"[:60]
+        cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"],
+                          residual_scale=opts["residual_scale"],
+                          eval_every_steps=opts["eval_every"], max_items_per_group=n_pos, patience=3,
+                          min_groups=10, max_seconds=1800, seed=seed,
+                          debias="ips" if learner == "corrected" else "none", ips_max_weight=opts["ips_max_weight"])
+        data = truth_splits if learner == "ceiling" else splits
+        used_curve = curve.values if learner == "corrected" else None
+        if opts["model"] == "proxy":
+            proxy = ProxyModel(ranker)
+            fit = proxy.fit(data, cfg, used_curve)
+            res_s, steps, best_step, scale = fit["seconds"], fit["steps"], fit["best_step"], fit["residual_scale"]
+            cand: Callable[[str, Sequence[str]], Any] = proxy.score
+        else:
+            res = train(ranker, data, cfg, adapter_name=name, propensity=used_curve)
+            res_s, steps, best_step, scale = res.seconds, res.steps, res.best_step, res.residual_scale
+
+            def cand(q: str, t: Sequence[str], name: str = name) -> Any:
+                return ranker.score(q, t, adapter=name)
+
+        gt = _gt_ndcg(cand, judged)
+        fair = decide(evaluate_groups(cand, splits.holdout, propensity=curve.values,
+                                      max_weight=opts["ips_max_weight"]).per_group_ndcg,
+                      fair_zero, None, None, gate_cfg, seed=seed)
+        raw = decide(evaluate_groups(cand, splits.holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed)
+        diffs = np.asarray(gt) - np.asarray(zs_gt)
+        rows[learner] = {
+            "gt_ndcg10": float(np.mean(gt)), "gt_gain": float(diffs.mean()),
+            "gt_gain_se": float(diffs.std(ddof=1) / np.sqrt(diffs.size)),
+            "fair_gate": fair.passed, "fair_gain": fair.ndcg_gain, "fair_p": fair.bootstrap_p_gain,
+            "min_detectable_gain": fair.min_detectable_gain,
+            "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
+            "train_s": round(res_s, 1), "steps": steps, "best_step": best_step, "residual_scale": scale,
+        }
+        if opts["model"] != "proxy":
+            ranker.delete_adapter(name)
+        log.info("%s seed %d %s: gt %.4f (zero-shot %.4f) fair gate %s raw gate %s, %.0fs", spec.name, seed, learner,
+                 rows[learner]["gt_ndcg10"], rows["zero-shot"]["gt_ndcg10"], fair.passed, raw.passed, res_s)
+    promoted = rows.get("corrected", {})
+    prom_gt = promoted["gt_ndcg10"] if promoted.get("fair_gate") else rows["zero-shot"]["gt_ndcg10"]
+    return {
+        "shop": spec.name, "seed": seed, "domain": spec.domain, "policy": spec.policy, "eta": spec.clicks.eta,
+        "rule": spec.rule, "n_items": spec.n_items, "page_size": spec.page_size,
+        "n_log_pages": opts["log_pages"], "n_groups": len(groups), "n_train": len(splits.train),
+        "n_holdout": len(splits.holdout), "n_judged": len(judged),
+        "propensity": {"method": curve.method, "estimated": [round(v, 4) for v in curve.values[:10]],
+                       "true": [round(v / true_curve[0], 4) for v in true_curve[:10]],
+                       "max_rel_error_1_10": round(prop_err, 4), "n_clicks": curve.n_clicks},
+        "learners": rows,
+        "promoted": {"learner": "corrected" if promoted.get("fair_gate") else "zero-shot", "gt_ndcg10": prom_gt,
+                     "gt_gain": prom_gt - rows["zero-shot"]["gt_ndcg10"]},
+        "model": opts["model"], "simulate_s": round(sim_s, 1), "total_s": round(time.monotonic() - t0, 1),
+    }
+
+
+def run_drift(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """No forgetting: champion trained before a drift, new champion after it (warm start, replay, the
+    spread regression sample, the fair gate). Judged on unseen post-drift queries, split into the
+    categories whose taste the drift changed and those it left unchanged."""
+    import copy
+    from dataclasses import replace
+
+    import torch
+
+    from adapters import propensity as prop
+    from adapters.config import GateConfig, SplitConfig, TrainConfig
+    from adapters.dataset import build_groups, split
+    from adapters.gate import decide
+    from adapters.ranking_metrics import evaluate_groups
+    from adapters.training import train
+    from daemon.tools.shops import FamilyShop
+
+    t0 = time.monotonic()
+    spec = replace(spec, drift_categories=0.5)
+    shop = FamilyShop(spec, seed)
+    n_pos = spec.page_size
+    gate_cfg = GateConfig()
+    split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.15, replay_ratio=0.5, seed=seed)
+    cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"], eval_every_steps=opts["eval_every"],
+                      max_items_per_group=n_pos, patience=3, min_groups=10, max_seconds=1800, seed=seed,
+                      debias="ips", ips_max_weight=opts["ips_max_weight"], residual_scale=opts["residual_scale"])
+
+    def zero_shot(q: str, t: Sequence[str]) -> Any:
+        return ranker.score(q, t, adapter=None)
+
+    def curve_of(groups: Sequence[Any]) -> Any:
+        return prop.estimate(groups, n_pos, features=lambda g: np.asarray(zero_shot(g.query, g.texts))[:, None])
+
+    def fit(name: str, data: Any, curve: Any, init: Any) -> Callable[[str, Sequence[str]], Any]:
+        if opts["model"] == "proxy":
+            model = ProxyModel(ranker)
+            if init is not None:
+                with torch.no_grad():
+                    model.a.copy_(init.a)
+                    model.v.copy_(init.v)
+            model.fit(data, cfg, curve.values)
+            fit.last = model  # type: ignore[attr-defined]
+            return model.score
+        state = None if init is None else ranker.adapter_state(init)
+        scale = None if init is None else ranker.residual_scale(init)
+        train(ranker, data, cfg, adapter_name=name, propensity=curve.values, init_state=state, init_scale=scale)
+        fit.last = name  # type: ignore[attr-defined]
+        return lambda q, t: ranker.score(q, t, adapter=name)
+
+    # phase 1: pre-drift logs, the first champion
+    pre_events = list(shop.traffic(opts["log_pages"], order=zero_shot, phase="pre"))
+    pre_groups = build_groups(pre_events, lambda _: None)
+    curve1 = curve_of(pre_groups)
+    window1 = pre_groups[-opts["train_pages"]:]
+    s1 = split(window1, split_cfg)
+    cand1 = fit(f"d-{spec.name}-{seed}-1"[:60], s1, curve1, None)
+    g1 = decide(evaluate_groups(cand1, s1.holdout, propensity=curve1.values).per_group_ndcg,
+                evaluate_groups(zero_shot, s1.holdout, propensity=curve1.values).per_group_ndcg, None, None,
+                gate_cfg, seed=seed)
+    champion = cand1 if g1.passed else zero_shot
+    champ_ref = copy.copy(getattr(fit, "last", None)) if g1.passed else None
+
+    # phase 2: post-drift logs ordered by the champion; a new candidate warm-started from it
+    post_events = list(shop.traffic(opts["log_pages"] // 2, order=champion, phase="post",
+                                    start=pre_events[-1]["ts"]))
+    post_groups = build_groups(post_events, lambda _: None)
+    curve2 = curve_of(post_groups)
+    window2 = post_groups[-opts["train_pages"]:]
+    s2 = split(window2, split_cfg, previous=window1)
+    cand2 = fit(f"d-{spec.name}-{seed}-2"[:60], s2, curve2, champ_ref)
+
+    def ips(fn: Callable[[str, Sequence[str]], Any], groups: Sequence[Any]) -> list[float]:
+        return evaluate_groups(fn, groups, propensity=curve2.values).per_group_ndcg
+
+    g2 = decide(ips(cand2, s2.holdout), ips(champion, s2.holdout), ips(cand2, s2.regression) if s2.regression
+                else None, ips(champion, s2.regression) if s2.regression else None, gate_cfg, seed=seed)
+    new_champion = cand2 if g2.passed else champion
+
+    judged = shop.judgements(opts["judged_queries"] * 2, opts["candidates"], phase="post")
+    drifted = [j for j in judged if j["intent"]["category"] in shop.drifted]
+    unchanged = [j for j in judged if j["intent"]["category"] not in shop.drifted]
+    out: dict[str, Any] = {"shop": spec.name, "seed": seed, "model": opts["model"], "drifted_categories":
+                           sorted(shop.drifted), "gate1": g1.passed, "gate2": g2.passed,
+                           "gate2_regression_delta": g2.regression_delta, "n_regression": len(s2.regression),
+                           "n_replay": s2.replay_count}
+    for label, js in (("drifted", drifted), ("unchanged", unchanged)):
+        for who, fn in (("zero_shot", zero_shot), ("champion", champion), ("candidate", cand2),
+                        ("new_champion", new_champion)):
+            out[f"{label}_{who}"] = float(np.mean(_gt_ndcg(fn, js))) if js else None
+        out[f"{label}_n"] = len(js)
+    out["total_s"] = round(time.monotonic() - t0, 1)
+    log.info("drift %s seed %d: %s", spec.name, seed, json.dumps(out))
+    return out
+
+
+def markdown(results: Sequence[dict[str, Any]]) -> str:
+    """One row per shop and learner: mean over seeds of ground-truth NDCG@10 and gain, gate passes."""
+    out = ["| shop | policy | eta | learner | GT NDCG@10 | gain vs zero-shot | fair gate | raw gate | train s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    shops: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        shops.setdefault(r["shop"], []).append(r)
+    for shop, rs in shops.items():
+        for learner in LEARNERS:
+            cells = [r["learners"][learner] for r in rs if learner in r["learners"]]
+            if not cells:
+                continue
+            gt = statistics.mean(c["gt_ndcg10"] for c in cells)
+            gain = "" if learner == "zero-shot" else f"{statistics.mean(c['gt_gain'] for c in cells):+.4f}"
+            fair = "" if learner == "zero-shot" else f"{sum(c['fair_gate'] for c in cells)}/{len(cells)}"
+            raw = "" if learner == "zero-shot" else f"{sum(c['raw_gate'] for c in cells)}/{len(cells)}"
+            secs = statistics.mean(c["train_s"] for c in cells)
+            out.append(f"| {shop} | {rs[0]['policy']} | {rs[0]['eta']:g} | {learner} | {gt:.4f} | {gain} | {fair} | "
+                       f"{raw} | {secs:.0f} |")
+        prom = statistics.mean(r["promoted"]["gt_gain"] for r in rs)
+        out.append(f"| {shop} | | | **promoted** | {statistics.mean(r['promoted']['gt_ndcg10'] for r in rs):.4f} | "
+                   f"{prom:+.4f} | | | |")
+    out += ["", "| shop | seeds | propensity method | max rel. error pos 1-10 | estimated (1..5) | true (1..5) |",
+            "|---|---|---|---|---|---|"]
+    for shop, rs in shops.items():
+        errs = [r["propensity"]["max_rel_error_1_10"] for r in rs]
+        out.append(f"| {shop} | {len(rs)} | {rs[0]['propensity']['method']} | "
+                   f"{statistics.mean(errs):.3f} (max {max(errs):.3f}) | "
+                   f"{', '.join(f'{v:.2f}' for v in rs[0]['propensity']['estimated'][:5])} | "
+                   f"{', '.join(f'{v:.2f}' for v in rs[0]['propensity']['true'][:5])} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dataclasses import replace
+
+    from adapters.config import LoraSpec, ModelSpec
+    from adapters.ranker import Ranker
+    from daemon.tools.shops import FAMILY, ClickModel, family_spec
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("adapters.training", "adapters.base", "httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    specs = list(FAMILY) if args.shops == "all" else [family_spec(s.strip()) for s in args.shops.split(",")]
+    changed = []
+    for s in specs:
+        ch: dict[str, Any] = {}
+        if args.eta is not None:
+            ch["clicks"] = replace(s.clicks, eta=args.eta)
+        if args.policy is not None:
+            ch["policy"] = args.policy
+            ch["retrieve"] = max(s.retrieve, 16) if args.policy == "closed" else s.page_size
+        if args.explore_rate is not None:
+            ch["explore_rate"] = args.explore_rate
+        changed.append(replace(s, **ch) if ch else s)
+    _ = ClickModel  # re-exported for callers that build their own specs
+    opts = {"log_pages": args.log_pages, "train_pages": args.train_pages, "judged_queries": args.judged_queries,
+            "candidates": args.candidates, "propensity": args.propensity, "learning_rate": args.learning_rate,
+            "epochs": args.epochs, "eval_every": args.eval_every, "ips_max_weight": args.ips_max_weight,
+            "learners": [x.strip() for x in args.learners.split(",") if x.strip()], "model": args.model,
+            "residual_scale": args.residual_scale, "max_seq_len": args.max_seq_len, "quantization": args.quantization}
+    t0 = time.monotonic()
+    ranker = Ranker.load(ModelSpec(quantization=args.quantization, device="cpu", max_seq_len=args.max_seq_len),
+                         LoraSpec(r=8, alpha=16, dropout=0.0))
+    results = []
+    for spec in changed:
+        for seed in [int(x) for x in args.seeds.split(",") if x.strip()]:
+            r = run_drift(ranker, spec, seed, opts) if args.drift else run_one(ranker, spec, seed, opts)
+            results.append(r)
+            if args.out:
+                with Path(args.out).open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+    doc = {"benchmark": "learn", "argv": sys.argv[1:] if argv is None else argv, "options": opts,
+           "wall_s": round(time.monotonic() - t0, 1), "results": results}
+    sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+    if not args.drift:
+        if args.markdown:
+            Path(args.markdown).write_text(markdown(results))
+        sys.stdout.write(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

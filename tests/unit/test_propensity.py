@@ -1,0 +1,106 @@
+"""Position-bias estimators recover a known examination curve from synthetic logs."""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from adapters.dataset import QueryGroup
+from adapters.propensity import (
+    PropensityCurve,
+    estimate,
+    estimate_harvested,
+    estimate_randomized,
+    estimate_regression_em,
+    max_relative_error,
+    power_curve,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+N_QUERIES = 400
+
+
+@functools.cache
+def _relevance(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: 30 items with click-relevance in [0, 0.9], and a noisy feature of it."""
+    r = np.random.default_rng(1000 + q)
+    rel = 0.9 * r.uniform(0, 1, size=30) ** 2
+    return rel, rel + r.normal(0, 0.15, size=30)
+
+
+def _logs(n_pages: int, eta: float, *, explore: float, noisy_ranker: bool, seed: int = 0,
+          n_queries: int = N_QUERIES) -> list[QueryGroup]:
+    """Pages of 10 items under examination 1/(k+1)^eta; `explore` of them shuffled and marked."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for page in range(n_pages):
+        q = int(rng.integers(0, n_queries))
+        rel, feat = _relevance(q)
+        score = feat + (rng.normal(0, 0.3, size=30) if noisy_ranker else 0.0)
+        order = np.argsort(-score, kind="stable")[:10]
+        shown_rank = np.arange(10)
+        explored = rng.random() < explore
+        if explored:
+            rng.shuffle(shown_rank)  # shown_rank[p]: the rank of the item now at position p
+        items = order[shown_rank]
+        clicks = rng.random(10) < (np.arange(1, 11) ** -eta) * rel[items]
+        if not clicks.any() or clicks.all():
+            continue
+        out.append(QueryGroup(
+            f"p{page}", f"q{q}", T0, tuple(f"i{i}" for i in items), tuple("" for _ in items),
+            tuple(int(c) for c in clicks), tuple(range(10)), "shuffle" if explored else None,
+            tuple(int(r) for r in shown_rank) if explored else None,
+        ))
+    return out
+
+
+TRUE = power_curve(1.0, 10).values
+
+
+def test_randomized_pages_recover_the_curve() -> None:
+    groups = _logs(8_000, 1.0, explore=1.0, noisy_ranker=False)
+    curve = estimate_randomized(groups)
+    assert curve.method == "randomized" and all(s > 0 for s in curve.support)
+    assert max_relative_error(curve.values, TRUE) < 0.2
+    # only marked pages count: the same logs without marks estimate nothing
+    unmarked = [QueryGroup(g.key, g.query, g.ts, g.item_ids, g.texts, g.labels, g.positions) for g in groups]
+    assert estimate_randomized(unmarked).n_pages == 0
+
+
+def test_harvesting_needs_no_intervention_but_varied_rankers() -> None:
+    curve = estimate_harvested(_logs(10_000, 0.7, explore=0.0, noisy_ranker=True))
+    assert max_relative_error(curve.values, power_curve(0.7, 10).values) < 0.2
+    # one deterministic ranker never shows a (query, item) at two positions: nothing to harvest
+    assert sum(estimate_harvested(_logs(2_000, 1.0, explore=0.0, noisy_ranker=False)).support) == 0
+
+
+@pytest.mark.slow
+def test_regression_em_works_from_a_single_deterministic_ranker() -> None:
+    # every query's page is the same, so the estimate sees each (query, item) at one position only
+    groups = _logs(8_000, 1.0, explore=0.0, noisy_ranker=False, n_queries=4_000)
+
+    def features(g: QueryGroup) -> np.ndarray:
+        _, feat = _relevance(int(g.query[1:]))
+        return np.array([feat[int(i[1:])] for i in g.item_ids])
+
+    curve = estimate_regression_em(groups, features)
+    assert max_relative_error(curve.values, TRUE) < 0.2
+    # a wrong answer is possible: ignoring the position (a flat curve) would be off by 900% at position 10
+    assert max_relative_error([1.0] * 10, TRUE) > 5
+
+
+def test_auto_prefers_randomized_then_falls_back() -> None:
+    assert estimate(_logs(3_000, 1.0, explore=0.5, noisy_ranker=False)).method == "randomized"
+    assert estimate(_logs(3_000, 1.0, explore=0.0, noisy_ranker=True)).method == "harvested"
+    fallback = estimate(_logs(200, 1.0, explore=0.0, noisy_ranker=False))
+    assert fallback.method.startswith("prior") and fallback.values == pytest.approx(TRUE)
+
+
+def test_curve_roundtrip_and_lookup() -> None:
+    c = PropensityCurve((1.0, 0.5, 0.25), "test", 3, 4, (9, 9, 9))
+    assert c.at(0) == 1.0 and c.at(7) == 0.25
+    assert PropensityCurve.from_dict(c.to_dict()) == c
+    assert max_relative_error([2.0, 1.0], [1.0, 0.4]) == pytest.approx(0.25)
