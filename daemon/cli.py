@@ -28,7 +28,7 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 # Sub-command -> module with `register(subparsers) -> None` that sets a `handler` default.
 COMMAND_MODULES: dict[str, str] = {name: f"daemon.commands.{name}" for name in (
-    "db", "bench", "ingest", "simulate", "serve", "adapters", "status", "train", "run", "demo")}
+    "db", "bench", "ingest", "simulate", "serve", "adapters", "status", "train", "eval", "run", "demo")}
 _GLOBAL_VALUE_OPTIONS = ("--config", "--log-level")
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -164,11 +164,28 @@ def _encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+@dataclass(frozen=True)
+class Served:
+    """How the live model ordered a closed-loop page: `order` indexes the candidates, best first. When the
+    scorer explored (shuffled its top results on purpose), `explore` names how and `ranked_positions[p]` is
+    the rank the model gave the item shown at position p; the events carry both."""
+
+    order: list[int]
+    explore: str | None = None
+    ranked_positions: list[int] | None = None
+
+
+PageOrder = Callable[[str, list[tuple[str, str]]], Served]
+"""Closed loop: `(query, [(item_id, text), ...]) -> Served` (e.g. `daemon.tools.closed_loop.ScorerOrder`)."""
+
+CLOSED_LOOP_CANDIDATES = 2  # retrieval returns this many pages' worth of candidates for the model to order
+
+
 class _Traffic:
     """Mutable state of one generation run: clock, counters, sessions."""
 
-    def __init__(self, cfg: SimConfig, shop: Shop) -> None:
-        self.cfg, self.shop = cfg, shop
+    def __init__(self, cfg: SimConfig, shop: Shop, order: PageOrder | None = None) -> None:
+        self.cfg, self.shop, self.order = cfg, shop, order
         self.rng = random.Random(cfg.seed * 1_000_003 + 29)
         self.bad_rng = random.Random(cfg.seed * 1_000_003 + 31)
         self.ranker = LexicalRanker(shop, np.random.default_rng([cfg.seed, 37]))
@@ -197,7 +214,14 @@ class _Traffic:
         request_id = f"r-{cfg.seed}-{self.n_requests:07d}"
         intent: Intent = self.shop.sample_intent(rng, phase)
         query = render_query(intent, rng, phase)
-        shown = [self.shop.items[i] for i in self.ranker.rank(query, phase, cfg.page_size)]
+        served: Served | None = None
+        if self.order is None:
+            shown = [self.shop.items[i] for i in self.ranker.rank(query, phase, cfg.page_size)]
+        else:  # closed loop: retrieval gives candidates, the live model orders them (as real shops do)
+            k = min(len(self.shop.catalog(phase)), CLOSED_LOOP_CANDIDATES * cfg.page_size)
+            cands = [self.shop.items[i] for i in self.ranker.rank(query, phase, k)]
+            served = self.order(query, [(it.item_id, product_text(it.payload())) for it in cands])
+            shown = [cands[i] for i in served.order[: cfg.page_size]]
         grades = [relevance(intent, it, phase) for it in shown]
         self.tick(500.0, 4000.0)  # think time between requests
 
@@ -217,6 +241,9 @@ class _Traffic:
             }
             if rng.random() < ITEM_TEXT_RATE:
                 payload["item_text"] = product_text(item.payload())
+            if served is not None and served.explore is not None and served.ranked_positions is not None:
+                payload["explore"] = served.explore
+                payload["ranked_position"] = served.ranked_positions[pos]
             return payload, grades[pos]
 
         out = [event("impression", pos, self.tick(0.001, 0.01)) for pos in range(len(shown))]
@@ -239,15 +266,16 @@ class _Traffic:
         return SimRecord("malformed", "feedback", key, value, None, phase, defect=defect)
 
 
-def generate(cfg: SimConfig) -> Iterator[SimRecord]:
+def generate(cfg: SimConfig, order: PageOrder | None = None) -> Iterator[SimRecord]:
     """Yield the simulated records for `cfg`, in publishing order, deterministically for `cfg.seed`.
 
     First the launch catalog, then `cfg.n_events` feedback events; at the drift point the new-brand
     items are published and the post-drift phase begins. With `malformed_rate` > 0, a malformed
-    record follows a feedback event with that probability.
+    record follows a feedback event with that probability. With `order` (closed loop), each page is the
+    live model's order of the shop's retrieval candidates instead of the production lexical ranker's.
     """
     shop = Shop.build(cfg.seed, cfg.n_items)
-    traffic = _Traffic(cfg, shop)
+    traffic = _Traffic(cfg, shop, order)
     phase: Phase = "pre"
     drift_index = None if cfg.drift_at is None else round(cfg.drift_at * cfg.n_events)
     yield from traffic.catalog(shop.catalog("pre"), phase)

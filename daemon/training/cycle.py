@@ -16,12 +16,14 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
+import numpy as np
 from sqlalchemy.engine import Engine
 
-from adapters import artifacts, dataset, gate, training
+from adapters import artifacts, dataset, gate, propensity, training
 from adapters.dataset import QueryGroup
 from adapters.errors import NotEnoughData
 from adapters.product_text import product_text
+from adapters.propensity import PropensityCurve
 from adapters.ranker import Ranker
 from adapters.ranking_metrics import EvalResult, evaluate_groups
 from daemon.logs import configure_logging
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 # Events read per cycle: the newest ones, enough for `train_max_groups` result pages of ~10 items.
 EVENTS_PER_GROUP = 12
+N_POSITIONS = 10  # positions whose examination propensity is estimated (deeper ones take the last value)
 
 
 def load_groups(settings: Settings, engine: Engine) -> tuple[list[QueryGroup], list[QueryGroup], datetime | None]:
@@ -64,9 +67,20 @@ class _Champion:
     version: str
     adapter: str | None
     state: dict[str, Any] | None
+    residual_scale: float | None = None  # its weight of the zero-shot cosine (sentence-encoder bases)
 
     def scores(self, ranker: Ranker) -> Callable[[str, Sequence[str]], Any]:
         return lambda query, texts: ranker.score(query, texts, adapter=self.adapter)
+
+
+def estimate_propensity(ranker: Ranker, groups: Sequence[QueryGroup], n_positions: int) -> PropensityCurve:
+    """The examination curve of the logged pages (`adapters.propensity.estimate`): randomized pages when
+    exploration marked enough of them, else intervention harvesting, else regression EM on the base's
+    zero-shot score, else the 1/(k+1) prior. Stored with the run; the loss and the gate correct with it."""
+    def zero_shot(g: QueryGroup) -> np.ndarray:
+        return np.asarray(ranker.score(g.query, g.texts, adapter=None), dtype=np.float64)[:, None]
+
+    return propensity.estimate(list(groups), n_positions, features=zero_shot)
 
 
 def _load_champion(settings: Settings, engine: Engine, ranker: Ranker) -> tuple[_Champion, str]:
@@ -80,7 +94,8 @@ def _load_champion(settings: Settings, engine: Engine, ranker: Ranker) -> tuple[
     loaded = artifacts.load_adapter(settings.storage.artifacts_dir, version, expected_checksum=row.checksum)
     name = f"champion-{version}"
     ranker.add_adapter(name, loaded.state, loaded.peft_config)
-    return _Champion(version, name, loaded.state), candidate
+    scale = ranker.residual_scale(name) if ranker.base.is_sentence_encoder else None
+    return _Champion(version, name, loaded.state, scale), candidate
 
 
 def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
@@ -91,12 +106,20 @@ def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
     splits = dataset.split(new, cfg.split, previous=old)
     ranker = Ranker.load(cfg.model, cfg.lora)
     champion, version = _load_champion(settings, engine, ranker)
-    champ_holdout = evaluate_groups(champion.scores(ranker), splits.holdout)
-    champ_regression = evaluate_groups(champion.scores(ranker), splits.regression) if splits.regression else None
+    curve = estimate_propensity(ranker, new + old, N_POSITIONS)
+    debiased = cfg.train.debias == "ips"
+    # the champion is judged exactly as the candidate is: same groups, same position-bias correction
+    weights: dict[str, Any] = {"propensity": curve.values if debiased else None,
+                               "max_weight": cfg.train.ips_max_weight}
+    champ_holdout = evaluate_groups(champion.scores(ranker), splits.holdout, **weights)
+    champ_regression = (evaluate_groups(champion.scores(ranker), splits.regression, **weights)
+                        if splits.regression else None)
 
+    warm = settings.train.warm_start
     result = training.train(ranker, splits, cfg.train, adapter_name=version,
-                            init_state=champion.state if settings.train.warm_start else None,
-                            on_progress=on_progress, should_stop=should_stop)
+                            init_state=champion.state if warm else None,
+                            init_scale=champion.residual_scale if warm else None,
+                            on_progress=on_progress, should_stop=should_stop, propensity=curve.values)
     if result.stopped:
         error = "stopped by shutdown; no version kept"
         with session_scope(engine) as s:
@@ -116,6 +139,7 @@ def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
         "compared_with": {"version": champion.version, "holdout": champ_holdout.to_dict(),
                           "regression": champ_regression.to_dict() if champ_regression else None},
         "history": result.history,
+        "propensity": {"estimated": list(curve.values), **curve.to_dict(), "used": debiased},
     }
     summary = CycleSummary(
         device=str(ranker.device), quantization=ranker.base.quantization, artifact_path=str(info.path),
