@@ -8,6 +8,9 @@ side is always something real. A candidate passes only when all three hold:
 2. a paired bootstrap over query groups shows a gain > 0 in at least `confidence` of the resamples
    (groups are the independent units: items of one page are not);
 3. on the regression holdout (older data), the candidate loses at most `regression_tolerance`.
+   The check guards what an earlier champion learned. Against the base model (`regression_enforced`
+   False: it was trained on none of the shop's traffic, so a drift may have made the old clicks
+   obsolete and there is nothing learned to forget), the change is reported but not enforced.
 
 The per-group values should be position-debiased (`ranking_metrics.evaluate_groups(..., propensity=curve)`:
 IPS-NDCG per page). Raw click NDCG on pages the champion ordered rewards a candidate for copying that
@@ -71,6 +74,26 @@ def _paired_bootstrap(diffs: np.ndarray, samples: int, seed: int) -> np.ndarray:
     return np.concatenate(means)
 
 
+def _regression_check(candidate: PerGroup | None, champion: PerGroup | None, cfg: GateConfig,
+                      enforced: bool) -> tuple[bool, float | None, str]:
+    """(passes, mean change, reason line) of the regression holdout check."""
+    if candidate is None or champion is None:
+        return True, None, "ok: no regression holdout given; not checked"
+    creg = np.asarray(candidate, dtype=np.float64)
+    preg = np.asarray(champion, dtype=np.float64)
+    if creg.shape != preg.shape:
+        raise ValueError(f"regression lists are not aligned: {creg.size} vs {preg.size} groups")
+    if not creg.size:
+        return True, None, "ok: regression holdout is empty; not checked"
+    delta = float(creg.mean() - preg.mean())
+    within = delta >= -cfg.regression_tolerance
+    tag = ("ok" if within else "fail") if enforced else "info"
+    reason = (f"{tag}: regression holdout NDCG@10 change {delta:+.4f} "
+              f"({'within' if within else 'beyond'} tolerance {cfg.regression_tolerance:.4f}, {creg.size} groups)"
+              + ("" if enforced else "; not enforced against the base model"))
+    return within or not enforced, delta, reason
+
+
 def decide(
     candidate_holdout: PerGroup,
     champion_holdout: PerGroup,
@@ -78,6 +101,8 @@ def decide(
     champion_regression: PerGroup | None,
     cfg: GateConfig,
     seed: int = 0,
+    *,
+    regression_enforced: bool = True,
 ) -> GateDecision:
     """Compare per-group NDCG lists; see the module docstring for the rule. Deterministic for a seed."""
     cand = np.asarray(candidate_holdout, dtype=np.float64)
@@ -98,50 +123,22 @@ def decide(
     se = float(boot.std(ddof=1)) if boot.size > 1 else 0.0
     mde = (NormalDist().inv_cdf(cfg.confidence) + NormalDist().inv_cdf(cfg.power)) * se
 
-    reasons = []
     ok_gain = gain >= cfg.min_ndcg_gain
-    reasons.append(
-        f"{'ok' if ok_gain else 'fail'}: NDCG@10 gain {gain:+.4f} "
-        f"({cand.mean():.4f} vs {champ.mean():.4f}) {'>=' if ok_gain else '<'} margin {cfg.min_ndcg_gain:.4f}"
-    )
     ok_boot = p_gain >= cfg.confidence
-    reasons.append(
+    ok_reg, reg_delta, reg_reason = _regression_check(candidate_regression, champion_regression, cfg,
+                                                      regression_enforced)
+    reasons = [
+        f"{'ok' if ok_gain else 'fail'}: NDCG@10 gain {gain:+.4f} "
+        f"({cand.mean():.4f} vs {champ.mean():.4f}) {'>=' if ok_gain else '<'} margin {cfg.min_ndcg_gain:.4f}",
         f"{'ok' if ok_boot else 'fail'}: gain > 0 in {p_gain:.1%} of {cfg.bootstrap_samples} paired bootstrap "
         f"resamples over {cand.size} groups (need {cfg.confidence:.0%}); "
         f"{cfg.confidence:.0%} interval [{ci_low:+.4f}, {ci_high:+.4f}]; smallest detectable gain {mde:.4f} "
-        f"(SE {se:.4f})"
-    )
-
-    reg_delta: float | None = None
-    ok_reg = True
-    if candidate_regression is not None and champion_regression is not None:
-        creg = np.asarray(candidate_regression, dtype=np.float64)
-        preg = np.asarray(champion_regression, dtype=np.float64)
-        if creg.shape != preg.shape:
-            raise ValueError(f"regression lists are not aligned: {creg.size} vs {preg.size} groups")
-        if creg.size:
-            reg_delta = float(creg.mean() - preg.mean())
-            ok_reg = reg_delta >= -cfg.regression_tolerance
-            reasons.append(
-                f"{'ok' if ok_reg else 'fail'}: regression holdout NDCG@10 change {reg_delta:+.4f} "
-                f"({'within' if ok_reg else 'beyond'} tolerance {cfg.regression_tolerance:.4f}, {creg.size} groups)"
-            )
-        else:
-            reasons.append("ok: regression holdout is empty; not checked")
-    else:
-        reasons.append("ok: no regression holdout given; not checked")
-
+        f"(SE {se:.4f})",
+        reg_reason,
+    ]
     return GateDecision(
-        passed=ok_gain and ok_boot and ok_reg,
-        reasons=reasons,
-        ndcg_gain=gain,
-        bootstrap_p_gain=p_gain,
-        ci_low=ci_low,
-        ci_high=ci_high,
-        regression_delta=reg_delta,
-        n_groups=int(cand.size),
-        candidate_ndcg=float(cand.mean()),
-        champion_ndcg=float(champ.mean()),
-        min_detectable_gain=mde,
+        passed=ok_gain and ok_boot and ok_reg, reasons=reasons, ndcg_gain=gain, bootstrap_p_gain=p_gain,
+        ci_low=ci_low, ci_high=ci_high, regression_delta=reg_delta, n_groups=int(cand.size),
+        candidate_ndcg=float(cand.mean()), champion_ndcg=float(champ.mean()), min_detectable_gain=mde,
         bootstrap_se=se,
     )

@@ -27,7 +27,7 @@ from adapters.losses import get_loss, ips_listwise_terms, ips_weights
 from adapters.ranker import Ranker
 from adapters.ranking_metrics import EvalResult, evaluate_groups
 
-__all__ = ["TrainResult", "seed_everything", "train"]
+__all__ = ["Stop", "TrainResult", "seed_everything", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,190 @@ def _weights(group: QueryGroup, curve: Sequence[float], max_weight: float) -> to
     return ips_weights(group.positions, curve, max_weight)
 
 
+class Stop:
+    """The one stop condition of a run: why it ended (`reason`), checked before each step and after each
+    evaluation. Reasons: "budget" (wall clock), "stopped" (`should_stop()`), "early" (patience ran out),
+    "diverged" (non-finite loss); None while the run goes on or when the epochs ran out."""
+
+    def __init__(self, cfg: TrainConfig, started: float, should_stop: Callable[[], bool] | None) -> None:
+        self.cfg, self.started, self.should_stop = cfg, started, should_stop
+        self.reason: str | None = None
+        self.bad_evals = 0
+
+    def before_step(self) -> bool:
+        """True (and `reason` set) when the budget is spent or the caller asks to stop."""
+        if time.monotonic() - self.started >= self.cfg.max_seconds:
+            self.reason = "budget"
+        elif self.should_stop is not None and self.should_stop():
+            self.reason = "stopped"
+        return self.reason is not None
+
+    def after_eval(self, improved: bool) -> bool:
+        """Count evaluations without improvement; True (reason "early") once `patience` is reached."""
+        self.bad_evals = 0 if improved else self.bad_evals + 1
+        if self.bad_evals >= self.cfg.patience:
+            self.reason = "early"
+        return self.reason is not None
+
+    def diverged(self) -> None:
+        self.reason = "diverged"
+
+
+@dataclass
+class _Best:
+    """The best checkpoint so far (by holdout NDCG@10)."""
+
+    eval: EvalResult
+    step: int
+    state: dict[str, torch.Tensor]
+    scale: float
+
+
+class _Run:
+    """The state of one `train` call, split into steps that each fit on a screen."""
+
+    def __init__(self, ranker: Ranker, data: Splits, cfg: TrainConfig, adapter_name: str,
+                 on_progress: Callable[[dict[str, Any]], None] | None, propensity: Sequence[float] | None) -> None:
+        self.ranker, self.data, self.cfg, self.name = ranker, data, cfg, adapter_name
+        self.on_progress = on_progress
+        self.started = time.monotonic()
+        self.rng = random.Random(cfg.seed)
+        self.loss_fn = get_loss(cfg.loss)
+        self.curve = list(propensity) if propensity is not None and cfg.debias == "ips" else None
+        if self.curve is not None and cfg.loss != "listwise":
+            raise ValueError("position-bias correction needs the listwise loss")
+        self.total_steps = cfg.epochs * math.ceil(len(data.train) / cfg.groups_per_step)
+        self.history: list[dict[str, Any]] = []
+        self.step, self.pairs, self.train_seconds = 0, 0, 0.0
+        self.losses_since_eval: list[float] = []
+        self.learn_scale = cfg.residual_scale == "learn" and ranker.base.is_sentence_encoder
+        # softplus(rho) = the residual weight; starts at the adapter's own weight (5 unless warm-started)
+        self.start_scale = ranker.residual_scale(adapter_name) if ranker.base.is_sentence_encoder else 0.0
+        self.rho = torch.tensor(math.log(math.expm1(max(self.start_scale, 1e-4))), requires_grad=True)
+
+    def scale(self) -> float:
+        return float(torch.nn.functional.softplus(self.rho.detach()))
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.on_progress is not None:
+            self.on_progress(event)
+
+    def evaluate(self, groups: Sequence[QueryGroup]) -> EvalResult:
+        def np_loss(scores: np.ndarray, labels: np.ndarray) -> float:
+            return float(self.loss_fn(torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(labels)))
+
+        return evaluate_groups(lambda q, t: self.ranker.score(q, t, adapter=self.name), groups, loss_fn=np_loss,
+                               propensity=self.curve, max_weight=self.cfg.ips_max_weight)
+
+    def record(self, epoch: int, lr: float) -> EvalResult:
+        """Evaluate the holdout now, log it and add it to the history."""
+        if self.learn_scale:
+            self.ranker.set_residual_scale(self.name, self.scale())
+        ev = self.evaluate(self.data.holdout)
+        entry = {
+            "step": self.step, "epoch": epoch, "elapsed_s": round(time.monotonic() - self.started, 3), "lr": lr,
+            "train_loss": float(np.mean(self.losses_since_eval)) if self.losses_since_eval else None,
+            "holdout_ndcg10": ev.ndcg10, "holdout_mrr": ev.mrr, "holdout_auc": ev.auc, "holdout_loss": ev.loss,
+            "residual_scale": self.scale() if self.learn_scale else None,
+        }
+        self.losses_since_eval.clear()
+        self.history.append(entry)
+        logger.info("train %s step %d/%d: holdout ndcg@10=%.4f loss=%s", self.name, self.step, self.total_steps,
+                    ev.ndcg10, f"{ev.loss:.4f}" if ev.loss is not None else "n/a")
+        self.emit({"event": "eval", "total_steps": self.total_steps, **entry})
+        return ev
+
+    def batch_loss(self, batch: list[QueryGroup]) -> tuple[torch.Tensor, int]:
+        """The step's loss over `batch` (IPS-weighted listwise with a curve) and its number of pairs."""
+        queries = [g.query for g in batch for _ in g.texts]
+        texts = [t for g in batch for t in g.texts]
+        if self.learn_scale:
+            head, cosine = self.ranker.train_parts(queries, texts)
+            logits = head if cosine is None else head + torch.nn.functional.softplus(self.rho) * cosine
+        else:
+            logits = self.ranker.train_logits(queries, texts)
+        per_group = torch.split(logits, [len(g) for g in batch])
+        if self.curve is None:
+            loss = torch.stack([self.loss_fn(s, torch.as_tensor(g.labels, device=s.device))
+                                for s, g in zip(per_group, batch, strict=True)]).mean()
+        else:
+            terms = [ips_listwise_terms(s, torch.as_tensor(g.labels, device=s.device),
+                                        _weights(g, self.curve, self.cfg.ips_max_weight))
+                     for s, g in zip(per_group, batch, strict=True)]
+            loss = torch.stack([n for n, _ in terms]).sum() / torch.stack([t for _, t in terms]).sum().clamp(min=1e-9)
+        return loss, int(logits.numel())
+
+    def optimise(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                 scheduler: Any, batch: list[QueryGroup], epoch: int) -> bool:
+        """One optimisation step; False (nothing applied) when the loss is not finite."""
+        t_step = time.monotonic()
+        loss, pairs = self.batch_loss(batch)
+        if not torch.isfinite(loss):
+            logger.warning("train %s: non-finite loss at step %d; keeping the best checkpoint", self.name, self.step)
+            return False
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.pairs += pairs
+        self.train_seconds += time.monotonic() - t_step
+        self.losses_since_eval.append(float(loss.detach()))
+        self.emit({"event": "step", "step": self.step, "total_steps": self.total_steps, "epoch": epoch,
+                   "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0],
+                   "elapsed_s": time.monotonic() - self.started})
+        return True
+
+    def loop(self, params: list[torch.nn.Parameter], stop: Stop) -> _Best:
+        """Epochs of shuffled steps with periodic evaluation; returns the best checkpoint."""
+        cfg = self.cfg
+        groups = _param_groups(self.ranker, params, cfg)
+        if self.learn_scale:
+            groups.append({"params": [self.rho], "weight_decay": 0.0, "lr": cfg.learning_rate * cfg.head_lr_scale})
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * self.total_steps),
+                                                    self.total_steps)
+        best = _Best(self.record(0, scheduler.get_last_lr()[0]), 0, self.ranker.adapter_state(self.name),
+                     self.start_scale)
+        for epoch in range(cfg.epochs):
+            order = list(range(len(self.data.train)))
+            self.rng.shuffle(order)
+            for start in range(0, len(order), cfg.groups_per_step):
+                if stop.before_step():
+                    return best
+                batch = [truncate_group(self.data.train[i], cfg.max_items_per_group, self.rng)
+                         for i in order[start : start + cfg.groups_per_step]]
+                if not self.optimise(params, optimizer, scheduler, batch, epoch):
+                    stop.diverged()
+                    return best
+                if self.step % cfg.eval_every_steps == 0 or self.step == self.total_steps:
+                    ev = self.record(epoch, scheduler.get_last_lr()[0])
+                    improved = ev.ndcg10 > best.eval.ndcg10 + cfg.min_delta
+                    if improved:
+                        best = _Best(ev, self.step, self.ranker.adapter_state(self.name), self.scale())
+                    if stop.after_eval(improved):
+                        return best
+        return best
+
+    def result(self, best: _Best, stop: Stop) -> TrainResult:
+        """Leave the adapter on its best weights, evaluate the regression slice, and sum the run up."""
+        self.ranker.load_state(self.name, best.state)
+        if self.ranker.base.is_sentence_encoder:
+            self.ranker.set_residual_scale(self.name, best.scale)
+        regression = self.evaluate(self.data.regression) if self.data.regression else None
+        return TrainResult(
+            adapter_name=self.name, state=best.state, best_step=best.step, steps=self.step,
+            early_stopped=stop.reason == "early", stopped_by_budget=stop.reason == "budget", history=self.history,
+            holdout=best.eval, regression=regression,
+            examples_per_s=self.pairs / self.train_seconds if self.train_seconds > 0 else 0.0,
+            seconds=time.monotonic() - self.started, stopped=stop.reason == "stopped",
+            diverged=stop.reason == "diverged", train_groups=len(self.data.train),
+            replay_count=self.data.replay_count,
+            residual_scale=best.scale if self.ranker.base.is_sentence_encoder else None, propensity=self.curve,
+        )
+
+
 def train(
     ranker: Ranker,
     data: Splits,
@@ -132,174 +316,22 @@ def train(
     With `cfg.residual_scale == "learn"` the weight of the zero-shot cosine is trained too (from
     `init_scale`, the warm start's weight, else 5); the best checkpoint's weight is set on the adapter.
     """
-    started = time.monotonic()
     if len(data.train) < cfg.min_groups:
         raise NotEnoughData(f"{len(data.train)} training query groups; need at least {cfg.min_groups}")
     if not data.holdout:
         raise NotEnoughData("the holdout has no query groups")
     seed_everything(cfg.seed)
-    rng = random.Random(cfg.seed)
     ranker.new_adapter(adapter_name)
     if init_state is not None:
         ranker.load_state(adapter_name, init_state)
     if init_scale is not None and ranker.base.is_sentence_encoder:
         ranker.set_residual_scale(adapter_name, init_scale)  # the warm start's residual weight
-
-    loss_fn = get_loss(cfg.loss)
-    curve = list(propensity) if propensity is not None and cfg.debias == "ips" else None
-    if curve is not None and cfg.loss != "listwise":
-        raise ValueError("position-bias correction needs the listwise loss")
-
-    def np_loss(scores: np.ndarray, labels: np.ndarray) -> float:
-        return float(loss_fn(torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(labels)))
-
-    def evaluate(groups: list[QueryGroup]) -> EvalResult:
-        return evaluate_groups(lambda q, t: ranker.score(q, t, adapter=adapter_name), groups, loss_fn=np_loss,
-                               propensity=curve, max_weight=cfg.ips_max_weight)
-
-    def emit(event: dict[str, Any]) -> None:
-        if on_progress is not None:
-            on_progress(event)
-
-    steps_per_epoch = math.ceil(len(data.train) / cfg.groups_per_step)
-    total_steps = cfg.epochs * steps_per_epoch
-    history: list[dict[str, Any]] = []
-    step, pairs, train_seconds = 0, 0, 0.0
-    early = budget = stopped = diverged = False
-    losses_since_eval: list[float] = []
-
-    learn_scale = cfg.residual_scale == "learn" and ranker.base.is_sentence_encoder
-    # softplus(rho) = the residual weight; starts at the adapter's own weight (5 unless warm-started)
-    start_scale = ranker.residual_scale(adapter_name) if ranker.base.is_sentence_encoder else 0.0
-    rho = torch.tensor(math.log(math.expm1(max(start_scale, 1e-4))), requires_grad=True)
-
-    def current_scale() -> float:
-        return float(torch.nn.functional.softplus(rho.detach()))
-
+    run = _Run(ranker, data, cfg, adapter_name, on_progress, propensity)
+    stop = Stop(cfg, run.started, should_stop)
     with ranker.training(adapter_name) as params:
-        groups = _param_groups(ranker, params, cfg)
-        if learn_scale:
-            groups.append({"params": [rho], "weight_decay": 0.0, "lr": cfg.learning_rate * cfg.head_lr_scale})
-        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-
-        def record(epoch: int) -> EvalResult:
-            if learn_scale:
-                ranker.set_residual_scale(adapter_name, current_scale())
-            ev = evaluate(data.holdout)
-            entry = {
-                "step": step,
-                "epoch": epoch,
-                "elapsed_s": round(time.monotonic() - started, 3),
-                "lr": scheduler.get_last_lr()[0],
-                "train_loss": float(np.mean(losses_since_eval)) if losses_since_eval else None,
-                "holdout_ndcg10": ev.ndcg10,
-                "holdout_mrr": ev.mrr,
-                "holdout_auc": ev.auc,
-                "holdout_loss": ev.loss,
-                "residual_scale": current_scale() if learn_scale else None,
-            }
-            losses_since_eval.clear()
-            history.append(entry)
-            logger.info("train %s step %d/%d: holdout ndcg@10=%.4f loss=%s", adapter_name, step, total_steps,
-                        ev.ndcg10, f"{ev.loss:.4f}" if ev.loss is not None else "n/a")
-            emit({"event": "eval", "total_steps": total_steps, **entry})
-            return ev
-
-        best_eval = record(0)
-        best_step, best_state = 0, ranker.adapter_state(adapter_name)
-        best_scale = start_scale
-        bad_evals = 0
-
-        for epoch in range(cfg.epochs):
-            order = list(range(len(data.train)))
-            rng.shuffle(order)
-            for start in range(0, len(order), cfg.groups_per_step):
-                if time.monotonic() - started >= cfg.max_seconds:
-                    budget = True
-                    break
-                if should_stop is not None and should_stop():
-                    stopped = True
-                    break
-                t_step = time.monotonic()
-                batch = [truncate_group(data.train[i], cfg.max_items_per_group, rng)
-                         for i in order[start : start + cfg.groups_per_step]]
-                queries = [g.query for g in batch for _ in g.texts]
-                texts = [t for g in batch for t in g.texts]
-                if learn_scale:
-                    head, cosine = ranker.train_parts(queries, texts)
-                    logits = head if cosine is None else head + torch.nn.functional.softplus(rho) * cosine
-                else:
-                    logits = ranker.train_logits(queries, texts)
-                per_group = torch.split(logits, [len(g) for g in batch])
-                if curve is None:
-                    loss = torch.stack([
-                        loss_fn(s, torch.as_tensor(g.labels, device=s.device))
-                        for s, g in zip(per_group, batch, strict=True)
-                    ]).mean()
-                else:
-                    terms = [ips_listwise_terms(s, torch.as_tensor(g.labels, device=s.device),
-                                                _weights(g, curve, cfg.ips_max_weight))
-                             for s, g in zip(per_group, batch, strict=True)]
-                    total = torch.stack([t for _, t in terms]).sum()
-                    loss = torch.stack([n for n, _ in terms]).sum() / total.clamp(min=1e-9)
-                if not torch.isfinite(loss):
-                    diverged = True
-                    logger.warning("train %s: non-finite loss at step %d; keeping the best checkpoint",
-                                   adapter_name, step)
-                    break
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                pairs += int(logits.numel())
-                train_seconds += time.monotonic() - t_step
-                losses_since_eval.append(float(loss.detach()))
-                emit({"event": "step", "step": step, "total_steps": total_steps, "epoch": epoch,
-                      "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0],
-                      "elapsed_s": time.monotonic() - started})
-
-                if step % cfg.eval_every_steps == 0 or step == total_steps:
-                    ev = record(epoch)
-                    if ev.ndcg10 > best_eval.ndcg10 + cfg.min_delta:
-                        best_eval, best_step, bad_evals = ev, step, 0
-                        best_state = ranker.adapter_state(adapter_name)
-                        best_scale = current_scale()
-                    else:
-                        bad_evals += 1
-                        if bad_evals >= cfg.patience:
-                            early = True
-                            break
-            if early or budget or stopped or diverged:
-                break
-
-    ranker.load_state(adapter_name, best_state)
-    if ranker.base.is_sentence_encoder:
-        ranker.set_residual_scale(adapter_name, best_scale)
-    regression = evaluate(data.regression) if data.regression else None
-    seconds = time.monotonic() - started
-    result = TrainResult(
-        adapter_name=adapter_name,
-        state=best_state,
-        best_step=best_step,
-        steps=step,
-        early_stopped=early,
-        stopped_by_budget=budget,
-        history=history,
-        holdout=best_eval,
-        regression=regression,
-        examples_per_s=pairs / train_seconds if train_seconds > 0 else 0.0,
-        seconds=seconds,
-        stopped=stopped,
-        diverged=diverged,
-        train_groups=len(data.train),
-        replay_count=data.replay_count,
-        residual_scale=best_scale if ranker.base.is_sentence_encoder else None,
-        propensity=curve,
-    )
-    emit({"event": "done", **result.summary()})
+        best = run.loop(params, stop)
+    result = run.result(best, stop)
+    run.emit({"event": "done", **result.summary()})
     logger.info("train %s done: %d steps, best step %d, holdout ndcg@10=%.4f, %.0f pairs/s, %.1fs",
-                adapter_name, step, best_step, best_eval.ndcg10, result.examples_per_s, seconds)
+                adapter_name, result.steps, best.step, best.eval.ndcg10, result.examples_per_s, result.seconds)
     return result

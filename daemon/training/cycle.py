@@ -128,7 +128,8 @@ def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
 
     verdict = GateVerdict(compared_with=champion.version, decision=gate.decide(
         _per_group(result.holdout) or [], _per_group(champ_holdout) or [],
-        _per_group(result.regression), _per_group(champ_regression), cfg.gate, seed=settings.train.seed))
+        _per_group(result.regression), _per_group(champ_regression), cfg.gate, seed=settings.train.seed,
+        regression_enforced=champion.adapter is not None))
     info = artifacts.save_adapter(
         settings.storage.artifacts_dir, version, result.state, ranker.peft_config(version),
         meta={"parent": champion.version, "run_id": run_id, "trigger": trigger, "base_model": ranker.base.model_id},

@@ -66,6 +66,17 @@ def test_regression_beyond_tolerance_refused() -> None:
     assert decide(cand, champ, reg_champ - 0.005, reg_champ, CFG).passed
 
 
+def test_regression_against_the_base_is_reported_not_enforced() -> None:
+    champ = _champion()
+    cand = champ + 0.05
+    reg_champ = _champion(n=40, seed=5)
+    d = decide(cand, champ, reg_champ - 0.03, reg_champ, CFG, regression_enforced=False)
+    assert d.passed and d.regression_delta == pytest.approx(-0.03)
+    assert any(r.startswith("info: regression") and "not enforced" in r for r in d.reasons)
+    # the other checks still bind
+    assert not decide(champ + 0.001, champ, reg_champ, reg_champ, CFG, regression_enforced=False).passed
+
+
 def test_deterministic_and_serialisable() -> None:
     champ = _champion()
     cand = champ + np.random.default_rng(9).normal(0.01, 0.05, size=champ.size)

@@ -1,9 +1,10 @@
-"""Losses (fast) and training runs on the synthetic shop (slow, CPU, each well under a minute)."""
+"""Training runs on the synthetic shop (slow, CPU, each well under a minute)."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -15,54 +16,10 @@ from adapters.config import GateConfig, TrainConfig
 from adapters.dataset import Splits
 from adapters.errors import NotEnoughData
 from adapters.gate import decide
-from adapters.losses import get_loss, listwise_loss, pairwise_loss, pointwise_loss
 from adapters.ranking_metrics import evaluate_groups
-from adapters.training import TrainResult, train
+from adapters.training import Stop, TrainResult, train
 
 logger = logging.getLogger(__name__)
-
-# ----- losses ---------------------------------------------------------------------------------------
-
-
-def test_listwise_hand_computed() -> None:
-    scores = torch.tensor([1.0, 0.0, -1.0])
-    labels = torch.tensor([2, 1, 0])
-    target = torch.tensor([3.0, 1.0, 0.0]) / 4.0
-    expected = -(target * torch.log_softmax(scores, 0)).sum()
-    assert listwise_loss(scores, labels).item() == pytest.approx(expected.item())
-
-
-def test_pairwise_hand_computed() -> None:
-    scores = torch.tensor([0.5, 1.0, 0.0])
-    labels = torch.tensor([2, 1, 1])
-    # pairs (0>1): s0-s1=-0.5, (0>2): 0.5 ; items 1 and 2 tie in label: no pair
-    expected = (torch.nn.functional.softplus(torch.tensor(0.5)) + torch.nn.functional.softplus(torch.tensor(-0.5))) / 2
-    assert pairwise_loss(scores, labels).item() == pytest.approx(expected.item())
-
-
-def test_pointwise_is_bce_on_positive() -> None:
-    scores = torch.tensor([2.0, -1.0])
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(scores, torch.tensor([1.0, 0.0]))
-    assert pointwise_loss(scores, torch.tensor([3, 0])).item() == pytest.approx(expected.item())
-
-
-@pytest.mark.parametrize("name", ["listwise", "pairwise", "pointwise"])
-def test_losses_push_the_positive_up(name: str) -> None:
-    scores = torch.zeros(4, requires_grad=True)
-    get_loss(name)(scores, torch.tensor([0, 3, 0, 1])).backward()
-    assert scores.grad is not None
-    assert scores.grad[1] < 0 < scores.grad[0]  # gradient descent raises item 1, lowers item 0
-
-
-@pytest.mark.parametrize("name", ["listwise", "pairwise"])
-def test_losses_without_signal_are_zero_and_connected(name: str) -> None:
-    scores = torch.randn(3, requires_grad=True)
-    loss = get_loss(name)(scores, torch.tensor([0, 0, 0]))
-    assert loss.item() == 0.0
-    loss.backward()
-    with pytest.raises(ValueError):
-        get_loss("nope")
-
 
 # ----- training -------------------------------------------------------------------------------------
 
@@ -176,3 +133,19 @@ def test_not_enough_data(synthetic_splits: Splits) -> None:
         train(None, few, FAST, adapter_name="never")  # type: ignore[arg-type]
     with pytest.raises(NotEnoughData, match="holdout"):
         train(None, Splits(train=synthetic_splits.train, holdout=[]), FAST, adapter_name="never")  # type: ignore[arg-type]
+
+
+def test_stop_condition_reasons() -> None:
+    cfg = FAST.model_copy(update=dict(patience=2, max_seconds=60))
+    now = time.monotonic()
+    stop = Stop(cfg, now, should_stop=None)
+    assert not stop.before_step() and stop.reason is None
+    assert not stop.after_eval(improved=False)
+    assert not stop.after_eval(improved=True)  # an improvement resets the count
+    assert not stop.after_eval(improved=False)
+    assert stop.after_eval(improved=False) and stop.reason == "early"
+    assert Stop(cfg, now - 61, should_stop=None).before_step()  # the wall-clock budget is spent
+    asked = Stop(cfg, now, should_stop=lambda: True)
+    assert asked.before_step() and asked.reason == "stopped"
+    budget_first = Stop(cfg, now - 61, should_stop=lambda: True)
+    assert budget_first.before_step() and budget_first.reason == "budget"
