@@ -6,8 +6,9 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -125,3 +126,35 @@ def test_explore_settings_are_bounded() -> None:
     for bad in ({"scorer_explore_rate": 1.5}, {"scorer_explore_mode": "reverse"}, {"scorer_explore_top_k": 1}):
         with pytest.raises(ConfigError):
             Settings.load(**bad)
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.0])
+def test_closed_loop_forwards_the_mark_into_valid_events(rate: float, make_client: Callable[..., TestClient]) -> None:
+    from daemon.ingest.events import ParseConfig, Parsed, parse_record
+    from daemon.ingest.pseudonym import Pseudonymizer
+    from daemon.tools.closed_loop import ScorerOrder
+    from daemon.tools.simulate import SimConfig, generate
+
+    client = make_client(scorer_explore_rate=rate, scorer_explore_mode="swap_adjacent", scorer_explore_seed=3)
+    order = ScorerOrder("http://testserver", client=cast(httpx.Client, client))  # TestClient is an httpx.Client
+    cfg = ParseConfig(feedback_topic="fb", catalog_topic="cat", max_message_bytes=65536)
+    pages: dict[str, list[dict[str, Any]]] = {}
+    for rec in generate(SimConfig(seed=5, n_items=60, n_events=150, page_size=10), order):
+        if rec.kind != "feedback":
+            continue
+        parsed = parse_record("fb", 0, 0, rec.key, rec.value, config=cfg, pseudonymize=Pseudonymizer("k"))
+        assert isinstance(parsed, Parsed), parsed  # the marks pass the strict event schema
+        pages.setdefault(str(parsed.row["request_id"]), []).append(parsed.row)
+    assert order.counts["scored"] == len(pages) > 5 and order.counts["fallback"] == 0
+    assert order.counts["explored"] == (len(pages) if rate else 0)
+    moved = 0
+    for rows in pages.values():
+        if not rate:
+            assert all(r["explore"] is None and r["ranked_position"] is None for r in rows)
+            continue
+        shown = {r["position"]: r["ranked_position"] for r in rows if r["action"] == "impression"}
+        assert all(r["explore"] is True for r in rows) and sorted(shown) == list(range(len(shown)))
+        assert len(set(shown.values())) == len(shown)  # distinct model ranks (of the page's prefix of the order)
+        assert all(abs(p - r) <= 1 for p, r in shown.items())  # swap_adjacent moves an item one place at most
+        moved += sum(p != r for p, r in shown.items())
+    assert moved > 0 or not rate
