@@ -62,7 +62,8 @@ def position_bias(session: Session, champion: str) -> dict[str, Any]:
     `base`) and of the latest succeeded run (the newest estimate, on the traffic the champion ordered)."""
     champion_run = None
     if champion != registry.BASE:
-        row = session.execute(select(AdapterVersion).where(col(AdapterVersion.version) == champion)).scalar_one_or_none()
+        q = select(AdapterVersion).where(col(AdapterVersion.version) == champion)
+        row = session.execute(q).scalar_one_or_none()
         if row is not None and row.training_run_id is not None:
             champion_run = session.get(TrainingRun, row.training_run_id)
     latest = registry.recent_runs(session=session, limit=1, statuses=["succeeded"])
