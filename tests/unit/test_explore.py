@@ -115,6 +115,9 @@ def test_score_explores_on_its_share_of_requests(make_client: Callable[..., Test
         assert [scores[r] for r in range(1, 7)] == sorted(scores.values(), reverse=True)
         orders[tuple(ranks)] += 1
     assert len(orders) > 5  # shown in many different orders, not the model's only
+    metrics = client.get("/metrics").text
+    assert 'ranktune_explored_responses_total{mode="shuffle_top_k"} 30.0' in metrics
+    assert 'ranktune_explored_responses_total{mode="swap_adjacent"} 0.0' in metrics
 
 
 def test_explore_settings_are_bounded() -> None:

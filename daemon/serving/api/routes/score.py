@@ -93,6 +93,7 @@ def build_router(settings: Settings) -> APIRouter:
         shown = explorer.perturb(len(items))
         if shown is None:
             return ScoreResponse(adapter_version=result.version, items=items, timing=timing)
+        ctx.metrics.explored.labels(mode=explorer.mode).inc()
         return ScoreResponse(adapter_version=result.version, items=[items[r] for r in shown], timing=timing,
                              explore=True, explore_mode=explorer.mode)
 
