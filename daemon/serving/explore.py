@@ -14,7 +14,8 @@ the feedback events of that page. Two modes, both only ever moving the model's t
   largest cost to the shopper.
 
 One `Explorer` per process (the route builds it once), with its own seeded RNG (`scorer.explore_seed`,
-fresh entropy when unset). Functions here are pure: they return orders, they never touch the response.
+fresh entropy when unset). The route calls it on the event loop's one thread, so the RNG needs no lock.
+Functions here are pure: they return orders, they never touch the response.
 """
 
 from __future__ import annotations
