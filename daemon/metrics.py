@@ -69,6 +69,10 @@ class Metrics:
             buckets=_BATCH_BUCKETS, registry=r,
         )
         self.queue_depth = Gauge("ranktune_scorer_queue_depth", "Requests waiting for the scorer.", registry=r)
+        self.explored = Counter(
+            "ranktune_explored_responses", "Score responses shown in a perturbed order on purpose (exploration), "
+            "by mode.", ["mode"], registry=r,
+        )
         self.swaps = Counter(
             "ranktune_swaps", "Adapter hot-swaps, by outcome (ok, refused).", ["outcome"], registry=r
         )
@@ -126,7 +130,7 @@ class Metrics:
         # process_start_time_seconds (restarts), process_resident_memory_bytes, process_cpu_seconds_total
         ProcessCollector(registry=self.registry)
         run = set(roles) if roles is not None else {"ingest", "scheduler", "serve"}
-        serving = [self.requests, self.request_latency, self.batch_size, self.queue_depth, self.swaps,
+        serving = [self.requests, self.request_latency, self.batch_size, self.queue_depth, self.explored, self.swaps,
                    self.swap_duration, self.reconciles, self.active_adapter, self.ready, self.champion,
                    self.champion_ndcg]
         training = [self.training_runs, self.training_duration, self.training_steps, self.training_pairs_per_second,
@@ -136,6 +140,8 @@ class Metrics:
             self.registry.register(metric)
         for outcome in ("ok", "refused"):
             self.swaps.labels(outcome=outcome)
+        for mode in ("swap_adjacent", "shuffle_top_k"):
+            self.explored.labels(mode=mode)
         for outcome in RECONCILE_OUTCOMES:
             self.reconciles.labels(outcome=outcome)
         for status in RUN_STATUSES:

@@ -39,6 +39,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Role = Literal["ingest", "scheduler", "serve"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
+ExploreMode = Literal["swap_adjacent", "shuffle_top_k"]
 
 ALL_ROLES: tuple[Role, ...] = ("ingest", "scheduler", "serve")
 ENV_PREFIX = "RANKTUNE_"
@@ -184,6 +185,15 @@ class ScorerSettings(FrozenConfig):
     queue_size: int = Field(1024, ge=1, description="Pending requests before 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest a request waits for its scores.")
     reconcile_interval_s: float = Field(15.0, gt=0, description="How often a scorer re-reads the champion.")
+    explore_rate: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "Share of /v1/score requests answered in a randomly perturbed order (marked `explore: true`) so that "
+        "position bias can be estimated from interventions; 0 turns exploration off."))
+    explore_mode: ExploreMode = Field("swap_adjacent", description=(
+        "How an explored response is perturbed: swap_adjacent (random adjacent pairs within the top k) or "
+        "shuffle_top_k (a uniform shuffle of the top k)."))
+    explore_top_k: int = Field(10, ge=2, le=1000, description="Only the model's top k items are ever moved.")
+    explore_seed: int | None = Field(None, ge=0, description=(
+        "Seed of the exploration RNG (one per process); unset: fresh entropy at start."))
 
 
 class OpsSettings(FrozenConfig):

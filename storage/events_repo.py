@@ -28,12 +28,18 @@ def _insert(session: Session, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+# Columns added after the first schema: rows built without them (older producers of rows) store NULL.
+_OPTIONAL: dict[str, Any] = {"explore": None, "ranked_position": None}
+
+
 def insert_feedback(*, session: Session, rows: Sequence[dict[str, Any]]) -> WriteResult:
     """Insert feedback rows; rows whose `event_id` is already stored are skipped (idempotent).
 
-    Every row carries every column of `feedback_events` (as `daemon.ingest.events.parse_record` builds them).
+    Every row carries every column of `feedback_events` (as `daemon.ingest.events.parse_record` builds them),
+    except the optional exploration marks (`explore`, `ranked_position`), which default to NULL.
     """
-    unique = list({r["event_id"]: r for r in rows}.values())
+    unique = [r if _OPTIONAL.keys() <= r.keys() else {**_OPTIONAL, **r}
+              for r in {r["event_id"]: r for r in rows}.values()]
     if not unique:
         return WriteResult(0, len(rows))
     conn = session.connection()

@@ -35,6 +35,10 @@ class FeedbackEvent(SQLModel, table=True):
     request_id: str | None = Field(default=None, max_length=128)
     session_hash: str | None = Field(default=None, max_length=64)
     user_hash: str | None = Field(default=None, max_length=64)
+    # Exploration (`daemon.serving.explore`): the scorer perturbed this page's order on purpose, and
+    # `ranked_position` is where its model had ranked the item (0-based, like `position`).
+    explore: bool | None = None
+    ranked_position: int | None = None
     topic: str = Field(max_length=255)
     partition: int
     offset: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -168,6 +168,8 @@ def _judged_traffic(args: argparse.Namespace, order: Any) -> list[Any]:
     out = []
     for e in events:
         payload = {k: e[k] for k in fields if e.get(k) is not None} | {"ts": e["ts"].isoformat()}
+        if "explore" in payload:
+            payload["explore"] = True  # the event schema's mark is a bool (the generator names the mode)
         value = json.dumps(payload, separators=(",", ":")).encode()
         out.append(SimRecord("feedback", "feedback", str(e["request_id"]).encode(), value, payload, "pre",
                              grade=int(e["grade"])))

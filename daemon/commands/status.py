@@ -46,7 +46,39 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     d = info["drift"]
     print("drift: none yet" if d is None else
           f"drift: {d['created_at']} champion={d['champion_version']} fired={d['fired']} {', '.join(d['reasons'])}")
+    for line in position_bias_lines(info["position_bias"]):
+        print(line)
     ing = info["ingestion"]
     print(f"ingestion: {ing['feedback_events']} events ({ing['labelled_events']} labelled), "
           f"{ing['catalog_items']} catalog items, latest at {ing['latest_ingested_at'] or '-'}")
     return 0
+
+
+def _learning_line(label: str, d: dict[str, Any]) -> list[str]:
+    p = d["propensity"]
+    head = f"  {label} run #{d['run_id']} ({d['candidate_version'] or '-'} vs {d['compared_with'] or '-'}): "
+    if p is None:
+        head += "no propensity curve"
+    else:
+        used = "" if p["used"] is None else ("; used by loss and gate" if p["used"] else "; not used (debias off)")
+        head += f"{p['method']} over {p['n_pages'] if p['n_pages'] is not None else '?'} pages{used}"
+    lines = [head]
+    if p is not None and p["estimated"]:
+        lines.append("    propensity by position 1..: " + " ".join(f"{float(v):.2f}" for v in p["estimated"]))
+    mdg = d["min_detectable_gain"]
+    lines.append("    gate: min detectable NDCG@10 gain " + ("-" if mdg is None else f"{float(mdg):.4f}") +
+                 ("" if d["gate_passed"] is None else f" ({'passed' if d['gate_passed'] else 'refused'})"))
+    return lines
+
+
+def position_bias_lines(pb: dict[str, Any]) -> list[str]:
+    """The `position bias:` block of the text output."""
+    champion, latest = pb["champion_run"], pb["latest_run"]
+    if champion is None and latest is None:
+        return ["position bias: no training run yet"]
+    lines = ["position bias:"]
+    if champion is not None:
+        lines += _learning_line("champion's", champion)
+    if latest is not None and (champion is None or latest["run_id"] != champion["run_id"]):
+        lines += _learning_line("latest", latest)
+    return lines

@@ -81,6 +81,9 @@ class FeedbackIn(_StrictEvent):
 
     Example: `{"event_id": "e-1", "ts": "2026-11-01T12:00:00Z", "query": "red running shoe",
     "item_id": "sku-42", "action": "click", "position": 3, "request_id": "r-9", "user_id": "u-7"}`
+
+    On a page the scorer explored (its response said `explore: true`), send `explore: true` and each item's
+    `ranked_position` (its response `rank` - 1): those pages estimate the position bias from interventions.
     """
 
     event_id: Id
@@ -93,6 +96,8 @@ class FeedbackIn(_StrictEvent):
     request_id: Id | None = None
     session_id: PersonalId | None = None
     user_id: PersonalId | None = None
+    explore: bool | None = None  # the page's order was perturbed on purpose (an explored /v1/score response)
+    ranked_position: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None  # the model's rank - 1 (0-based)
 
 
 class CatalogIn(_StrictEvent):
@@ -207,6 +212,8 @@ def parse_record(
             "request_id": event.request_id,
             "session_hash": None if session_id is None else pseudonymize("session_id", session_id),
             "user_hash": None if user_id is None else pseudonymize("user_id", user_id),
+            "explore": event.explore,
+            "ranked_position": event.ranked_position,
             "topic": topic,
             "partition": partition,
             "offset": offset,

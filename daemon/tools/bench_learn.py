@@ -14,8 +14,9 @@ Each trained candidate goes through the gate against zero-shot on the click hold
 position-debiased IPS-NDCG (`fair`) and, for comparison, with raw click NDCG (`raw`). `promoted` is
 what the daemon would serve: the corrected candidate if the fair gate passes it, else zero-shot.
 
-Writes JSON (stdout or `--out`) and a markdown table (`--markdown`). Runs as
-`python -m daemon.tools.bench_learn --shops all --seeds 1,2,3`.
+Writes JSON (stdout; `--jsonl` appends each shop and seed as it finishes) and a markdown table (`--markdown`).
+Runs as `ranktune bench learn --shops all --seeds 1,2,3` (the JSON result, `--out FILE` writes it too; the
+table is its `table` field) or `python -m daemon.tools.bench_learn --shops all --seeds 1,2,3`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "markdown", "run_one"]
+__all__ = ["main", "markdown", "run", "run_one"]
 
 log = logging.getLogger("bench_learn")
 
@@ -61,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="adapter: LoRA + head (the daemon's learner); proxy: a head on frozen embeddings (cheap).")
     p.add_argument("--residual-scale", default="fixed", choices=("fixed", "learn"))
     p.add_argument("--drift", action="store_true", help="Run the no-forgetting protocol (run_drift) instead.")
-    p.add_argument("--out", default=None, help="Write the JSON here too (appended per shop as it runs).")
+    p.add_argument("--jsonl", default=None, help="Append each result here as a JSON line, as it runs.")
     p.add_argument("--markdown", default=None, help="Write the markdown table here.")
 
 
@@ -405,19 +406,12 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _specs(args: argparse.Namespace) -> list[Any]:
+    """The family's shops that `--shops` names, with the `--eta`, `--policy` and `--explore-rate` overrides."""
     from dataclasses import replace
 
-    from adapters.config import LoraSpec, ModelSpec
-    from adapters.ranker import Ranker
-    from daemon.tools.shops import FAMILY, ClickModel, family_spec
+    from daemon.tools.shops import FAMILY, family_spec
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("adapters.training", "adapters.base", "httpx", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     specs = list(FAMILY) if args.shops == "all" else [family_spec(s.strip()) for s in args.shops.split(",")]
     changed = []
     for s in specs:
@@ -430,30 +424,52 @@ def main(argv: list[str] | None = None) -> int:
         if args.explore_rate is not None:
             ch["explore_rate"] = args.explore_rate
         changed.append(replace(s, **ch) if ch else s)
-    _ = ClickModel  # re-exported for callers that build their own specs
+    return changed
+
+
+def run(args: argparse.Namespace, settings: Any = None) -> dict[str, Any]:
+    """Every shop x seed (`ranktune bench learn`, `daemon.commands.bench`): options, results and the markdown
+    table (`table`; none for `--drift`). `settings` (optional) gives the base model's path."""
+    from adapters.config import LoraSpec, ModelSpec
+    from adapters.ranker import Ranker
+
+    for noisy in ("adapters.training", "adapters.base", "httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    specs = _specs(args)
     opts = {"log_pages": args.log_pages, "train_pages": args.train_pages, "judged_queries": args.judged_queries,
             "candidates": args.candidates, "propensity": args.propensity, "learning_rate": args.learning_rate,
             "epochs": args.epochs, "eval_every": args.eval_every, "ips_max_weight": args.ips_max_weight,
             "learners": [x.strip() for x in args.learners.split(",") if x.strip()], "model": args.model,
             "residual_scale": args.residual_scale, "max_seq_len": args.max_seq_len, "quantization": args.quantization}
     t0 = time.monotonic()
-    ranker = Ranker.load(ModelSpec(quantization=args.quantization, device="cpu", max_seq_len=args.max_seq_len),
-                         LoraSpec(r=8, alpha=16, dropout=0.0))
+    path = settings.model.path if settings is not None else None
+    ranker = Ranker.load(ModelSpec(path=path, quantization=args.quantization, device="cpu",
+                                   max_seq_len=args.max_seq_len), LoraSpec(r=8, alpha=16, dropout=0.0))
     results = []
-    for spec in changed:
+    for spec in specs:
         for seed in [int(x) for x in args.seeds.split(",") if x.strip()]:
             r = run_drift(ranker, spec, seed, opts) if args.drift else run_one(ranker, spec, seed, opts)
             results.append(r)
-            if args.out:
-                with Path(args.out).open("a") as f:
+            if args.jsonl:
+                with Path(args.jsonl).open("a") as f:
                     f.write(json.dumps(r) + "\n")
-    doc = {"benchmark": "learn", "argv": sys.argv[1:] if argv is None else argv, "options": opts,
-           "wall_s": round(time.monotonic() - t0, 1), "results": results}
+    table = None if args.drift else markdown(results)
+    if table is not None and args.markdown:
+        Path(args.markdown).write_text(table)
+    return {"options": opts, "wall_s": round(time.monotonic() - t0, 1), "results": results, "table": table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.add_argument("--out", dest="jsonl", default=None, help="Same as --jsonl (kept for older commands).")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    doc = {"benchmark": "learn", "argv": sys.argv[1:] if argv is None else argv, **run(args)}
+    table = doc.pop("table")
     sys.stdout.write(json.dumps(doc, indent=1) + "\n")
-    if not args.drift:
-        if args.markdown:
-            Path(args.markdown).write_text(markdown(results))
-        sys.stdout.write(markdown(results))
+    if table is not None:
+        sys.stdout.write(table)
     return 0
 
 

@@ -1,9 +1,10 @@
 """Closed-loop simulation: the live scorer orders every simulated result page, as a real shop's front end does.
 
 `ScorerOrder(url)` is a `daemon.tools.simulate.PageOrder`: it posts the page's candidates to `/v1/score`
-and shows them in the order the response lists them. When the scorer explored (its response names an
-`explore` mode and lists a shuffled order on purpose), the page carries the mark and each item's model rank,
-so the events can feed the randomized propensity estimator. When the scorer cannot answer, the page falls
+and shows them in the order the response lists them. When the scorer explored (its response says
+`explore: true`, names the mode and lists a perturbed order on purpose), the page's events carry
+`explore: true` and each item's model rank as `ranked_position` (`rank` - 1), so they can feed the
+randomized propensity estimator. When the scorer cannot answer, the page falls
 back to the retrieval order (a shop keeps serving when its re-ranker is down) and the fallback is counted.
 """
 
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 class ScorerOrder:
     """Orders pages with `POST {url}/v1/score`; one keep-alive connection, `timeout_s` per request."""
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 10.0, client: httpx.Client | None = None) -> None:
         self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, timeout=timeout_s)
+        # `client`: any httpx client for `url` (tests pass FastAPI's TestClient); closed with this object
+        self._client = client if client is not None else httpx.Client(base_url=self.url, timeout=timeout_s)
         self.counts: Counter[str] = Counter()  # pages ordered by the scorer, explored, fallbacks
         self.versions: Counter[str] = Counter()  # adapter versions that ordered pages
 
@@ -46,11 +48,11 @@ class ScorerOrder:
         order = [index[it["item_id"]] for it in listed]
         self.counts["scored"] += 1
         self.versions[str(doc.get("adapter_version"))] += 1
-        explore = doc.get("explore")
-        if not explore:
+        if doc.get("explore") is not True:
             return Served(order=order)
         self.counts["explored"] += 1
-        return Served(order=order, explore=str(explore), ranked_positions=[int(it["rank"]) - 1 for it in listed])
+        return Served(order=order, explore=str(doc.get("explore_mode") or "explore"),
+                      ranked_positions=[int(it["rank"]) - 1 for it in listed])
 
     def close(self) -> None:
         self._client.close()

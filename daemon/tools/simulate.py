@@ -242,7 +242,7 @@ class _Traffic:
             if rng.random() < ITEM_TEXT_RATE:
                 payload["item_text"] = product_text(item.payload())
             if served is not None and served.explore is not None and served.ranked_positions is not None:
-                payload["explore"] = served.explore
+                payload["explore"] = True  # the event schema's mark (a bool; the mode stays with the scorer)
                 payload["ranked_position"] = served.ranked_positions[pos]
             return payload, grades[pos]
 

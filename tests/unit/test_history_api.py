@@ -222,3 +222,15 @@ def test_every_console_file_is_package_data() -> None:
     # setuptools' `*` does not cross folders, like fnmatch on the parts: each file needs a pattern of its depth
     missing = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
     assert missing == []
+
+
+def test_status_shows_the_champions_position_bias_and_gate_resolution(client: TestClient, history: History) -> None:
+    doc = client.get("/v1/status", headers=AUTH).json()
+    pb = doc["position_bias"]
+    champ = pb["champion_run"]  # the champion (v2) was trained by the drift run, which estimated a curve
+    assert (champ["run_id"], champ["candidate_version"]) == (history.drift_run, history.champion)
+    assert champ["propensity"]["method"] == "intervention harvesting"
+    assert champ["propensity"]["estimated"] == [round(1 / (1 + 0.45 * p), 4) for p in range(10)]
+    assert champ["min_detectable_gain"] == 0.0 and champ["gate_passed"] is True
+    latest = pb["latest_run"]  # the newest succeeded run (v4, waiting for an operator) stored no curve
+    assert latest["run_id"] == history.runs[history.waiting] and latest["propensity"] is None

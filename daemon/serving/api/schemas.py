@@ -39,8 +39,13 @@ class Timing(BaseModel):
 
 class ScoreResponse(BaseModel):
     adapter_version: str = Field(description="The adapter version that produced every score (`base`: none).")
-    items: list[ScoredItem] = Field(description="Best first.")
+    items: list[ScoredItem] = Field(description=(
+        "Best first, except in an explored response: then in the order to show, with each item's model `rank`."))
     timing: Timing
+    explore: bool = Field(False, description=(
+        "True: this response's order was perturbed on purpose (`scorer.explore_rate`); show it as listed and "
+        "send `explore: true` and `ranked_position` (`rank` - 1) with the page's feedback events."))
+    explore_mode: str | None = Field(None, description="How an explored order was perturbed (`scorer.explore_mode`).")
 
 
 # --- versions and operator actions ---------------------------------------------------------------

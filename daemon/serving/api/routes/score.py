@@ -17,6 +17,7 @@ from adapters.product_text import product_text
 from daemon.serving.api.deps import ApiContext, get_ctx
 from daemon.serving.api.errors import UnknownItems
 from daemon.serving.api.schemas import ScoredItem, ScoreResponse, Timing
+from daemon.serving.explore import Explorer
 from daemon.serving.scorer import ScoreTimeout
 from daemon.settings import Settings
 from storage import events_repo
@@ -64,6 +65,7 @@ def build_router(settings: Settings) -> APIRouter:
             return v
 
     router = APIRouter(tags=["scoring"])
+    explorer = Explorer.from_settings(settings.scorer)  # one per app, so one seeded RNG per process
 
     @router.post("/v1/score", response_model=ScoreResponse, summary="Score and sort items for a query")
     async def score(body: ScoreRequest, ctx: ApiContext = Depends(get_ctx)) -> ScoreResponse:
@@ -88,6 +90,11 @@ def build_router(settings: Settings) -> APIRouter:
         items = [ScoredItem(item_id=ids[k], score=float(result.scores[k]), rank=r + 1) for r, k in enumerate(order)]
         timing = Timing(total_ms=(time.perf_counter() - t0) * 1e3, queue_ms=result.queue_s * 1e3,
                         model_ms=result.model_s * 1e3, round_pairs=result.round_pairs)
-        return ScoreResponse(adapter_version=result.version, items=items, timing=timing)
+        shown = explorer.perturb(len(items))
+        if shown is None:
+            return ScoreResponse(adapter_version=result.version, items=items, timing=timing)
+        ctx.metrics.explored.labels(mode=explorer.mode).inc()
+        return ScoreResponse(adapter_version=result.version, items=[items[r] for r in shown], timing=timing,
+                             explore=True, explore_mode=explorer.mode)
 
     return router
