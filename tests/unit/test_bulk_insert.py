@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
 
 from daemon.ingest.events import ParseConfig, Parsed, parse_record
@@ -19,12 +20,13 @@ from tests.unit.test_storage import feedback
 CFG = ParseConfig(feedback_topic="fb", catalog_topic="cat", max_message_bytes=65536)
 
 
-def _stored(engine) -> list[tuple[str, int]]:
+def _stored(engine: Engine) -> list[tuple[str, int]]:
     with engine.connect() as c:
-        return [tuple(r) for r in c.execute(text("select event_id, \"offset\" from feedback_events order by event_id"))]
+        rows = c.execute(text("select event_id, \"offset\" from feedback_events order by event_id")).all()
+    return [(str(e), int(o)) for e, o in rows]
 
 
-def test_chunks_with_duplicates_in_one_transaction_store_each_event_once(engine):
+def test_chunks_with_duplicates_in_one_transaction_store_each_event_once(engine: Engine) -> None:
     with session_scope(engine) as s:
         a = events_repo.insert_feedback(session=s, rows=[feedback(i) for i in range(0, 30)])
         b = events_repo.insert_feedback(session=s, rows=[feedback(i) for i in range(20, 50)])  # 10 already in
@@ -34,7 +36,7 @@ def test_chunks_with_duplicates_in_one_transaction_store_each_event_once(engine)
     assert [e for e, _ in _stored(engine)] == sorted(f"e{i}" for i in range(65))
 
 
-def test_a_rolled_back_transaction_leaves_nothing(engine):
+def test_a_rolled_back_transaction_leaves_nothing(engine: Engine) -> None:
     with pytest.raises(RuntimeError), session_scope(engine) as s:
         events_repo.insert_feedback(session=s, rows=[feedback(i) for i in range(10)])
         raise RuntimeError("after the write, before the commit")
@@ -43,7 +45,7 @@ def test_a_rolled_back_transaction_leaves_nothing(engine):
         assert events_repo.insert_feedback(session=s, rows=[feedback(i) for i in range(10)]).stored == 10
 
 
-def test_a_value_over_the_column_length_is_a_data_error(engine):
+def test_a_value_over_the_column_length_is_a_data_error(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite does not enforce varchar lengths")
     with pytest.raises(DataError), session_scope(engine) as s:
@@ -51,7 +53,7 @@ def test_a_value_over_the_column_length_is_a_data_error(engine):
     assert _stored(engine) == []
 
 
-def test_the_writer_dead_letters_only_the_refused_row_of_a_copied_batch(engine):
+def test_the_writer_dead_letters_only_the_refused_row_of_a_copied_batch(engine: Engine) -> None:
     value = b'{"event_id": "e-%d", "ts": "2026-11-01T12:00:00Z", "query": "q", "item_id": "i", "action": "click"}'
     batch: list[Parsed] = []
     for i in range(50):
@@ -68,14 +70,14 @@ def test_the_writer_dead_letters_only_the_refused_row_of_a_copied_batch(engine):
 
 
 @pytest.mark.postgres
-def test_two_members_writing_overlapping_batches_at_once_store_each_event_once(db_url, engine):
+def test_two_members_writing_overlapping_batches_at_once_store_each_event_once(db_url: str, engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("concurrent writers: PostgreSQL")
     other = make_engine(db_url)
     results: list[events_repo.WriteResult] = []
     start = threading.Barrier(2)
 
-    def member(eng, lo: int) -> None:
+    def member(eng: Engine, lo: int) -> None:
         start.wait()
         for k in range(5):
             with session_scope(eng) as s:

@@ -175,3 +175,53 @@ def test_pseudonyms_are_hmac_sha256_of_field_nul_value(key):
     for field, value in [("user_id", "u-7"), ("session_id", "s-\u00e9"), ("user_id", "u-8"), ("user_id", "u-7")]:
         msg = field.encode() + b"\x00" + value.encode()
         assert p(field, value) == hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+# --- the feedback fast path (a model without the NUL callbacks, for values that cannot hold a NUL) ---
+
+ODD_VALUES: list[Any] = [None, "", "a\u0000b", "\u0000", "a\\u0000b", 0, -1, 2**31, 2.5, True, [], {}, "x" * 600,
+                         "2026-11-01T12:00:00", "2026-11-01T12:00:00Z", "click", "héllo ✓"]
+
+
+def _strict(value: bytes) -> Parsed | Rejection:
+    """What `FeedbackIn` alone decides (the reference the fast path must match)."""
+    from daemon.ingest import events
+
+    fast = events._validate_feedback_fast
+    events._validate_feedback_fast = events._validate_feedback  # type: ignore[assignment]
+    try:
+        return parse_record("fb", 2, 17, b"k", value, config=CFG, pseudonymize=KEY)
+    finally:
+        events._validate_feedback_fast = fast
+
+
+def test_fast_and_strict_feedback_models_declare_the_same_schema():
+    from daemon.ingest.events import _FeedbackFast
+
+    def schema(model: type) -> dict[str, Any]:
+        s = json.loads(json.dumps(model.model_json_schema()).replace(model.__name__, "M"))
+        s.pop("description", None)
+        return s
+
+    assert schema(_FeedbackFast) == schema(FeedbackIn)
+
+
+def test_fast_path_gives_exactly_the_strict_models_outcome_for_every_odd_field_value():
+    values = [FEEDBACK, {k: v for k, v in FEEDBACK.items() if k in ("event_id", "ts", "query", "item_id", "action")}]
+    for field in FEEDBACK:
+        values.append({k: v for k, v in FEEDBACK.items() if k != field})
+        values += [FEEDBACK | {field: odd} for odd in ODD_VALUES]
+    values.append(FEEDBACK | {"query\u0000": "q"})
+    seen: set[str] = set()
+    for value in values:
+        raw = json.dumps(value, ensure_ascii=False).encode()
+        got, want = parse(raw), _strict(raw)
+        assert got == want, value
+        seen.add(got.reason if isinstance(got, Rejection) else "stored")
+    assert {"stored", "schema:query", "schema:position", "schema:ts", "unknown_action", "unknown_field"} <= seen
+
+
+def test_a_backslash_before_u0000_is_text_not_a_nul():
+    out = parse(FEEDBACK | {"query": "path\\u0000x"})  # JSON "path\\u0000x": a backslash, then "u0000x"
+    assert isinstance(out, Parsed) and out.row["query"] == "path\\u0000x"
+    assert rejected(FEEDBACK | {"query": "path\u0000x"}).reason == "schema:query"
