@@ -26,7 +26,7 @@ README_INSTALL = ("pip install -c constraints.txt torch==2.13.0", "pip install -
 
 
 def pins() -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for line in CONSTRAINTS.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, _, version = line.partition("==")

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from daemon.ingest.events import CatalogIn, FeedbackIn, ParseConfig, Parsed, Rejection, parse_record
 from daemon.ingest.pseudonym import Pseudonymizer
@@ -195,10 +196,10 @@ def _strict(value: bytes) -> Parsed | Rejection:
         events._validate_feedback_fast = fast
 
 
-def test_fast_and_strict_feedback_models_declare_the_same_schema():
+def test_fast_and_strict_feedback_models_declare_the_same_schema() -> None:
     from daemon.ingest.events import _FeedbackFast
 
-    def schema(model: type) -> dict[str, Any]:
+    def schema(model: type[BaseModel]) -> dict[str, Any]:
         s = json.loads(json.dumps(model.model_json_schema()).replace(model.__name__, "M"))
         s.pop("description", None)
         return s
@@ -206,7 +207,7 @@ def test_fast_and_strict_feedback_models_declare_the_same_schema():
     assert schema(_FeedbackFast) == schema(FeedbackIn)
 
 
-def test_fast_path_gives_exactly_the_strict_models_outcome_for_every_odd_field_value():
+def test_fast_path_gives_exactly_the_strict_models_outcome_for_every_odd_field_value() -> None:
     values = [FEEDBACK, {k: v for k, v in FEEDBACK.items() if k in ("event_id", "ts", "query", "item_id", "action")}]
     for field in FEEDBACK:
         values.append({k: v for k, v in FEEDBACK.items() if k != field})
@@ -221,7 +222,7 @@ def test_fast_path_gives_exactly_the_strict_models_outcome_for_every_odd_field_v
     assert {"stored", "schema:query", "schema:position", "schema:ts", "unknown_action", "unknown_field"} <= seen
 
 
-def test_a_backslash_before_u0000_is_text_not_a_nul():
+def test_a_backslash_before_u0000_is_text_not_a_nul() -> None:
     out = parse(FEEDBACK | {"query": "path\\u0000x"})  # JSON "path\\u0000x": a backslash, then "u0000x"
     assert isinstance(out, Parsed) and out.row["query"] == "path\\u0000x"
     assert rejected(FEEDBACK | {"query": "path\u0000x"}).reason == "schema:query"
