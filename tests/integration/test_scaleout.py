@@ -9,8 +9,10 @@ by simulator traffic.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -146,8 +148,7 @@ def test_two_ingest_members_two_replicas_and_one_scheduler(
         assert [p.wait(90) for p in [a, c, *replicas]] == [0] * 4
     finally:
         engine.dispose()
-        for p in case.processes:
-            p.kill()
+        _stop_all(case.processes)
 
 
 def _promote_on_one_served_by_both(urls: list[str], version: str) -> float:
@@ -160,3 +161,16 @@ def _promote_on_one_served_by_both(urls: list[str], version: str) -> float:
     took = time.monotonic() - t0
     wait_until(lambda: _served(urls[0]) == version, RECONCILE_S, f"replica 0 serving {version}")
     return round(took, 2)
+
+
+def _stop_all(processes: list[IngestProcess]) -> None:
+    """SIGTERM first (a scheduler then stops its training child too), SIGKILL what is left after 60 s."""
+    running = [p for p in processes if p.proc.poll() is None]
+    for p in running:
+        p.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    for p in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.proc.wait(max(0.1, deadline - time.monotonic()))
+    for p in processes:
+        p.kill()
