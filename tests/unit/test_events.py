@@ -178,6 +178,16 @@ def test_pseudonyms_are_hmac_sha256_of_field_nul_value(key):
         assert p(field, value) == hmac.new(key, msg, hashlib.sha256).hexdigest()
 
 
+def test_pseudonym_cache_is_bounded_and_per_key() -> None:
+    p, other = Pseudonymizer(b"k"), Pseudonymizer(b"other")
+    first = p("user_id", "u-0")
+    for i in range(Pseudonymizer.CACHE_SIZE + 10):
+        p("user_id", f"u-{i}")
+    assert p._cached.cache_info().currsize == Pseudonymizer.CACHE_SIZE  # evicts, never grows past its size
+    assert p("user_id", "u-0") == first == hmac.new(b"k", b"user_id\x00u-0", hashlib.sha256).hexdigest()
+    assert other("user_id", "u-0") != first
+
+
 # --- the feedback fast path (a model without the NUL callbacks, for values that cannot hold a NUL) ---
 
 ODD_VALUES: list[Any] = [None, "", "a\u0000b", "\u0000", "a\\u0000b", 0, -1, 2**31, 2.5, True, [], {}, "x" * 600,
