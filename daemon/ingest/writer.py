@@ -26,7 +26,7 @@ from storage.models import utcnow
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 1000  # rows per statement (PostgreSQL allows 65535 parameters in one)
+CHUNK_ROWS = 1000  # catalog rows per statement (PostgreSQL allows 65535 parameters in one)
 
 # errors that mean "the database is unavailable now": hold the batch and retry it
 DB_UNAVAILABLE: tuple[type[Exception], ...] = (SQLAlchemyError, StorageError)
@@ -88,8 +88,8 @@ def _store(engine: Engine, parsed: list[Parsed]) -> WriteOutcome:
             catalog.append(p.row)
     out = WriteOutcome()
     with session_scope(engine) as session:
-        for i in range(0, len(feedback), CHUNK_ROWS):
-            res = insert_feedback(session=session, rows=feedback[i : i + CHUNK_ROWS])
+        if feedback:  # any number of rows in one call (COPY on PostgreSQL, executemany on SQLite)
+            res = insert_feedback(session=session, rows=feedback)
             out.stored += res.stored
             out.duplicates += res.duplicates
         for i in range(0, len(catalog), CHUNK_ROWS):

@@ -357,7 +357,7 @@ def test_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("ranktune", "scorer"):
+    for name in ("ingest", "ranktune", "scorer"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert deps["kafka"]["condition"] == "service_healthy", name
@@ -458,6 +458,7 @@ def test_prometheus_scrapes_both_replicas_and_loads_the_rules(compose: dict[str,
     (job,) = config["scrape_configs"]
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
     port = compose["services"]["ranktune"]["environment"]["RANKTUNE_API_PORT"]
-    assert targets == {f"ranktune:{port}", f"scorer:{port}"}
+    ops_port = Settings().ops.port  # the ingest service has no API: its ops port
+    assert targets == {f"ranktune:{port}", f"scorer:{port}", f"ingest:{ops_port}"}
     down = next(rule for rule in rules if rule["alert"] == "ScorerDown")
     assert f'job="{job["job_name"]}"' in down["expr"]

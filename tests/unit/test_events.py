@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from daemon.ingest.events import CatalogIn, FeedbackIn, ParseConfig, Parsed, Rejection, parse_record
 from daemon.ingest.pseudonym import Pseudonymizer
@@ -175,3 +176,63 @@ def test_pseudonyms_are_hmac_sha256_of_field_nul_value(key):
     for field, value in [("user_id", "u-7"), ("session_id", "s-\u00e9"), ("user_id", "u-8"), ("user_id", "u-7")]:
         msg = field.encode() + b"\x00" + value.encode()
         assert p(field, value) == hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def test_pseudonym_cache_is_bounded_and_per_key() -> None:
+    p, other = Pseudonymizer(b"k"), Pseudonymizer(b"other")
+    first = p("user_id", "u-0")
+    for i in range(Pseudonymizer.CACHE_SIZE + 10):
+        p("user_id", f"u-{i}")
+    assert p._cached.cache_info().currsize == Pseudonymizer.CACHE_SIZE  # evicts, never grows past its size
+    assert p("user_id", "u-0") == first == hmac.new(b"k", b"user_id\x00u-0", hashlib.sha256).hexdigest()
+    assert other("user_id", "u-0") != first
+
+
+# --- the feedback fast path (a model without the NUL callbacks, for values that cannot hold a NUL) ---
+
+ODD_VALUES: list[Any] = [None, "", "a\u0000b", "\u0000", "a\\u0000b", 0, -1, 2**31, 2.5, True, [], {}, "x" * 600,
+                         "2026-11-01T12:00:00", "2026-11-01T12:00:00Z", "click", "héllo ✓"]
+
+
+def _strict(value: bytes) -> Parsed | Rejection:
+    """What `FeedbackIn` alone decides (the reference the fast path must match)."""
+    from daemon.ingest import events
+
+    fast = events._validate_feedback_fast
+    events._validate_feedback_fast = events._validate_feedback  # type: ignore[assignment]
+    try:
+        return parse_record("fb", 2, 17, b"k", value, config=CFG, pseudonymize=KEY)
+    finally:
+        events._validate_feedback_fast = fast
+
+
+def test_fast_and_strict_feedback_models_declare_the_same_schema() -> None:
+    from daemon.ingest.events import _FeedbackFast
+
+    def schema(model: type[BaseModel]) -> dict[str, Any]:
+        s = json.loads(json.dumps(model.model_json_schema()).replace(model.__name__, "M"))
+        s.pop("description", None)
+        return s
+
+    assert schema(_FeedbackFast) == schema(FeedbackIn)
+
+
+def test_fast_path_gives_exactly_the_strict_models_outcome_for_every_odd_field_value() -> None:
+    values = [FEEDBACK, {k: v for k, v in FEEDBACK.items() if k in ("event_id", "ts", "query", "item_id", "action")}]
+    for field in FEEDBACK:
+        values.append({k: v for k, v in FEEDBACK.items() if k != field})
+        values += [FEEDBACK | {field: odd} for odd in ODD_VALUES]
+    values.append(FEEDBACK | {"query\u0000": "q"})
+    seen: set[str] = set()
+    for value in values:
+        raw = json.dumps(value, ensure_ascii=False).encode()
+        got, want = parse(raw), _strict(raw)
+        assert got == want, value
+        seen.add(got.reason if isinstance(got, Rejection) else "stored")
+    assert {"stored", "schema:query", "schema:position", "schema:ts", "unknown_action", "unknown_field"} <= seen
+
+
+def test_a_backslash_before_u0000_is_text_not_a_nul() -> None:
+    out = parse(FEEDBACK | {"query": "path\\u0000x"})  # JSON "path\\u0000x": a backslash, then "u0000x"
+    assert isinstance(out, Parsed) and out.row["query"] == "path\\u0000x"
+    assert rejected(FEEDBACK | {"query": "path\u0000x"}).reason == "schema:query"

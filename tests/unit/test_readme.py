@@ -38,6 +38,7 @@ def test_every_ranktune_command_in_the_readme_parses():
 
 def test_quick_start_matches_ci():
     ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
-    assert "pip install torch==2.13.0" in README and "pip install torch==2.13.0" in ci
-    assert "pip install -e '.[test]'" in README and "pip install -e '.[test]'" in ci
+    # both installs pinned by constraints.txt (see tests/unit/test_deployment.py)
+    for install in ("pip install -c constraints.txt torch==2.13.0", "pip install -c constraints.txt -e '.[test]'"):
+        assert install in README and install in ci, install
     assert 'python -m pytest -m "not gpu"' in README and 'python -m pytest -m "not gpu"' in ci
