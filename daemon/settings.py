@@ -98,6 +98,10 @@ class IngestSettings(FrozenConfig):
     pseudonym_key: SecretStr | None = Field(
         None, description="HMAC key for user_id/session_id; without it they are dropped.")
     stats_interval_s: float = Field(30.0, gt=0, description="Interval of the one-line ingestion summary.")
+    max_future_skew_s: float = Field(
+        3600.0, ge=0, le=31_536_000,
+        description="How far an event's ts may lie ahead of its record's time, min(broker timestamp, now), "
+                    "in seconds; beyond it the event is dead-lettered (future_ts).")
 
 
 class StorageSettings(FrozenConfig):

@@ -228,11 +228,16 @@ class Ingestor:
         assert self._consumer is not None
         batch = _Batch(0, [], [], {})
         config, pseudonymize = self._parse_config, self._pseudonymize  # once per batch, not per record
-        keep = batch.parsed.append
+        keep, now = batch.parsed.append, time.time()
         for tp, recs in records.items():
             topic, partition = tp.topic, tp.partition
             for r in recs:
-                out = parse_record(topic, partition, r.offset, r.key, r.value, config=config, pseudonymize=pseudonymize)
+                try:
+                    out = parse_record(topic, partition, r.offset, r.key, r.value, config=config,
+                                       pseudonymize=pseudonymize, timestamp_ms=r.timestamp, now=now)
+                except Exception as exc:  # a parser bug must cost one record, never the loop
+                    log.exception("%s[%d]@%d: the parser failed", topic, partition, r.offset)
+                    out = Rejection(topic, partition, r.offset, r.key, r.value, "parse_error", type(exc).__name__)
                 if type(out) is Parsed:
                     keep(out)
                 else:

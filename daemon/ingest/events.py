@@ -19,8 +19,16 @@ original bytes and a low-cardinality reason code (safe as a metric label):
 | `unknown_field`  | an unexpected field (the message names it)                     |
 | `unknown_action` | `action` is not one of the four actions                        |
 | `schema:<field>` | a known field is missing, mistyped, out of range or naive-time |
+| `future_ts`      | `ts` more than `max_future_skew_s` ahead of the record's time  |
 | `unknown_topic`  | record from a topic that carries no ranktune events            |
+| `parse_error`    | the parser itself failed (a bug; the loop goes on, see consumer) |
 | `store_failed`   | the database refused the row although it passed the schema    |
+
+Timestamps: `ts` must be an ISO-8601 string with a zone (an epoch number, even as a string, is refused)
+whose UTC conversion exists (`0001-01-01T00:00:00+01:00` has none). It may not lie more than
+`max_future_skew_s` ahead of the record's own time, `min(broker timestamp, now)`: a producer-chosen
+far-future `ts` would otherwise decide the holdout split (feedback) or freeze an item (catalog, where
+a later `ts` wins). The broker timestamp is the producer's CreateTime on most topics, hence the `min`.
 
 Personal data (`user_id`, `session_id`) leaves this module only as a keyed hash, and rejection
 messages never quote values.
@@ -29,12 +37,24 @@ messages never quote values.
 from __future__ import annotations
 
 import math
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    Strict,
+    ValidationError,
+)
 
 from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.settings import Settings
@@ -66,6 +86,32 @@ def _storable_json(v: Any) -> Any:
     return v
 
 
+_ISO_DATE_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]", re.ASCII)
+
+
+def _iso_string(v: Any) -> Any:
+    """Only an ISO-8601 date-time string (or a datetime from Python): pydantic would also read
+    `1795000000` and `"1795000000"` as epoch times. The field is parsed in lax mode after this check,
+    because a strict datetime accepts a string only straight from JSON, not from a validator."""
+    if isinstance(v, datetime):
+        return v
+    if not isinstance(v, str) or not _ISO_DATE_START.match(v):
+        raise ValueError("must be an ISO-8601 date-time string (YYYY-MM-DDTHH:MM:SS+zone), not an epoch number")
+    return v
+
+
+def _to_utc(v: datetime) -> datetime:
+    """In UTC; a time whose conversion leaves years 1..9999 is out of range (inside validation, so a
+    rejection and not an OverflowError out of the parser)."""
+    try:
+        return v.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("out of range once converted to UTC") from None
+
+
+Timestamp = Annotated[AwareDatetime, Strict(False), BeforeValidator(_iso_string), AfterValidator(_to_utc)]
+"""An aware date-time from an ISO-8601 string, converted to UTC."""
+
 Text = Annotated[str, AfterValidator(_no_nul)]
 Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_nul)]
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
@@ -84,7 +130,7 @@ class FeedbackIn(_StrictEvent):
     """
 
     event_id: Id
-    ts: AwareDatetime
+    ts: Timestamp
     query: Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_no_nul)]
     item_id: Id
     action: Action
@@ -108,7 +154,7 @@ class CatalogIn(_StrictEvent):
     category: Name | None = None
     brand: Name | None = None
     attributes: Annotated[dict[str, JsonValue], AfterValidator(_storable_json)] = Field(default_factory=dict)
-    ts: AwareDatetime
+    ts: Timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +164,12 @@ class ParseConfig:
     feedback_topic: str
     catalog_topic: str
     max_message_bytes: int
+    max_future_skew_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ParseConfig:
-        return cls(settings.kafka.feedback_topic, settings.kafka.catalog_topic, settings.ingest.max_message_bytes)
+        return cls(settings.kafka.feedback_topic, settings.kafka.catalog_topic, settings.ingest.max_message_bytes,
+                   settings.ingest.max_future_skew_s)
 
 
 class Parsed(NamedTuple):
@@ -169,8 +217,14 @@ def parse_record(
     *,
     config: ParseConfig,
     pseudonymize: Pseudonymizer,
+    timestamp_ms: int | None = None,
+    now: float | None = None,
 ) -> Parsed | Rejection:
-    """Validate one raw record. Never raises for bad input: returns a `Rejection` instead."""
+    """Validate one raw record. Never raises for bad input: returns a `Rejection` instead.
+
+    `timestamp_ms`: the record's Kafka timestamp (None or negative: unknown); `now`: the wall clock in
+    Unix seconds (default `time.time()`; a batch passes one value for all its records). `ts` may be at
+    most `config.max_future_skew_s` ahead of `min(timestamp_ms / 1000, now)`."""
     # The hot path of ingestion (once per record): no per-call closures, the model's compiled
     # validator called directly, the row built in one dict display.
     validate: Callable[[bytes], FeedbackIn | CatalogIn]
@@ -194,11 +248,20 @@ def parse_record(
         event = validate(value)
     except ValidationError as exc:
         return Rejection(topic, partition, offset, key, value, *_describe(exc))
+    ts = event.ts  # already UTC
+    if now is None:
+        now = time.time()
+    reference = now if timestamp_ms is None or timestamp_ms < 0 else min(now, timestamp_ms / 1000)
+    ahead = ts.timestamp() - reference
+    if ahead > config.max_future_skew_s:
+        return Rejection(topic, partition, offset, key, value, "future_ts",
+                         f"ts is {ahead:.0f}s ahead of the record's time "
+                         f"(max_future_skew_s {config.max_future_skew_s:g})")
     if isinstance(event, FeedbackIn):
         session_id, user_id = event.session_id, event.user_id
         row = {
             "event_id": event.event_id,
-            "ts": event.ts.astimezone(UTC),
+            "ts": ts,
             "query": event.query,
             "item_id": event.item_id,
             "action": event.action,
@@ -219,7 +282,7 @@ def parse_record(
         "category": event.category,
         "brand": event.brand,
         "attributes": event.attributes,
-        "ts": event.ts.astimezone(UTC),
+        "ts": ts,
     }
     return Parsed("catalog", row, topic, partition, offset, key, value)
 
