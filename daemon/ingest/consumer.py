@@ -13,6 +13,8 @@ are written, then the dead-letter acks are awaited and the offsets committed.
 Outages:
 - broker: kafka-python reconnects by itself; `poll()` returns nothing meanwhile. A failed commit is
   logged and not retried: those records are delivered again and absorbed as duplicates.
+- a dead letter refused for good (a non-retriable error): the loop raises `DeadLetterFailed` without
+  committing, the worker is dead, and the process exits 1; after the restart the batch comes again.
 - database (or dead-letter topic): the batch is held, all assigned partitions are paused and the
   loop keeps polling (so the member stays in the group) while the write is retried with back-off;
   then the partitions resume. Nothing is committed for events not yet written.
@@ -35,7 +37,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, T
 from kafka.errors import KafkaError
 from sqlalchemy.engine import Engine
 
-from daemon.errors import BrokerUnavailable
+from daemon.errors import BrokerUnavailable, DeadLetterFailed
 from daemon.health import Heartbeat
 from daemon.ingest.deadletter import DeadLetterPublisher, Sent
 from daemon.ingest.events import ParseConfig, Parsed, Rejection, parse_record
@@ -84,6 +86,11 @@ class _LogAssignments(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", _fmt(assigned) or "none")
+
+
+def _where(rejects: list[Rejection], shown: int = 5) -> str:
+    more = f" and {len(rejects) - shown} more" if len(rejects) > shown else ""
+    return ", ".join(r.where for r in rejects[:shown]) + more
 
 
 def _fmt(tps: Any) -> str:
@@ -275,6 +282,10 @@ class Ingestor:
             unacked = {id(r) for r in retry + dropped}
             self.stats.add_reasons(rej.reason for rej, _ in batch.in_flight if id(rej) not in unacked)
             batch.in_flight, batch.rejects = [], retry
+            if dropped:  # committing would lose these records without a trace: stop, uncommitted
+                raise DeadLetterFailed(
+                    f"{len(dropped)} rejected record(s) cannot be dead-lettered ({_where(dropped)}): stopping "
+                    f"without committing the batch of {batch.records}; it is consumed again after the restart")
             if retry:
                 self._hold(batch, f"dead-letter topic unavailable ({len(retry)} rejects unacknowledged)")
                 return False
