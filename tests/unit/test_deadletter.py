@@ -17,7 +17,7 @@ FEEDBACK = {"event_id": "e-1", "ts": "2026-11-01T13:00:00+01:00", "query": "red 
             "action": "click", "user_id": "u-7", "session_id": "s-77"}
 
 
-def _stored_hashes(payload: dict[str, object]) -> tuple[str, str]:
+def _stored_hashes(payload: dict[str, str]) -> tuple[str, str]:
     out = parse_record("fb", 0, 0, None, json.dumps(payload).encode(), config=ParseConfig("fb", "cat", 65536),
                        pseudonymize=KEY)
     assert isinstance(out, Parsed)
