@@ -88,7 +88,7 @@ def _load_champion(settings: Settings, engine: Engine, ranker: Ranker) -> tuple[
     with session_scope(engine) as s:
         version = registry.champion(session=s)
         row = None if version == registry.BASE else registry.get_version(session=s, version=version)
-        candidate = registry.next_version_name(session=s)
+        candidate = registry.next_version_name(session=s, artifacts_dir=settings.storage.artifacts_dir)
     if row is None:
         return _Champion(version, None, None), candidate
     loaded = artifacts.load_adapter(settings.storage.artifacts_dir, version, expected_checksum=row.checksum)

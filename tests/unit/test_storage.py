@@ -101,6 +101,24 @@ def _version(s, name: str) -> None:
         checksum="0" * 64, created_at=T0))
 
 
+def test_next_version_name_skips_orphan_artifact_folders(engine, tmp_path):
+    """#14: a crash between the artifact rename and the registry insert leaves a folder; the next name must
+    not collide with it (it used to be the row count + 1)."""
+    artifacts = tmp_path / "artifacts"
+    with session_scope(engine) as s:
+        assert registry.next_version_name(session=s, artifacts_dir=artifacts) == "v0001"  # no folder yet
+        for v in ("v0001", "v0002"):
+            _version(s, v)
+        artifacts.mkdir()
+        for name in ("v0001", "v0002", "v0003", ".tmp-v0009-x", "v0007.bak", "notes"):  # v0003: the orphan
+            (artifacts / name).mkdir()
+        assert registry.next_version_name(session=s, artifacts_dir=artifacts) == "v0004"
+        (artifacts / "v0010").mkdir()
+        assert registry.next_version_name(session=s, artifacts_dir=artifacts) == "v0011"
+        _version(s, "v0012")  # a gap in the rows (e.g. v0011's folder was swept) still counts from the highest
+        assert registry.next_version_name(session=s) == "v0013"
+
+
 def test_registry_promote_and_rollback_follow_history(engine):
     with session_scope(engine) as s:
         assert registry.champion(session=s) == "base"
