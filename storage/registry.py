@@ -40,7 +40,7 @@ def next_version_name(*, session: Session, artifacts_dir: Path | None = None) ->
     number among the registry's versions and, with `artifacts_dir`, the version folders in it. An
     artifact folder whose registry row was never written (a crash between the two) is skipped, not
     collided with."""
-    names = list(session.execute(select(AdapterVersion.version)).scalars())
+    names = list(session.execute(select(col(AdapterVersion.version))).scalars())
     if artifacts_dir is not None and artifacts_dir.is_dir():
         names += [p.name for p in artifacts_dir.iterdir()]
     numbers = [int(m.group(1)) for m in map(_NUMBERED.match, names) if m is not None]
