@@ -65,9 +65,14 @@ class ControlMessage:
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> ControlMessage:
-        """Parse and check a notice; ValueError names what is wrong."""
-        body = json.loads(raw)
+    def from_bytes(cls, raw: bytes | None) -> ControlMessage:
+        """Parse and check a notice; ValueError names what is wrong (a tombstone, nesting too deep, ...)."""
+        if raw is None:
+            raise ValueError("null value (tombstone)")
+        try:
+            body = json.loads(raw)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
         if not isinstance(body, dict):
             raise ValueError("control message is not a JSON object")
         action, version = body.get("action"), body.get("version")
@@ -325,12 +330,16 @@ class ControlListener:
                 except Exception:
                     log.debug("closing the control consumer failed", exc_info=True)
 
-    def _handle(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+    def _handle(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
+        """Act on one notice; a malformed one is logged and skipped, and nothing in it ends the listener."""
         where = f"{topic}[{partition}]@{offset}"
         try:
             message = ControlMessage.from_bytes(value)
         except ValueError as exc:
             log.warning("ignoring malformed control message %s: %s", where, exc)
+            return
+        except Exception as exc:  # whatever else a hostile message can raise: the listener must go on
+            log.warning("ignoring malformed control message %s: %s: %s", where, type(exc).__name__, exc)
             return
         log.info("control %s: %s %s (from %s)", where, message.action, message.version, message.from_version)
         try:
