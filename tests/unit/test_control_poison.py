@@ -23,14 +23,17 @@ POISON: list[bytes | None] = [
 ]
 
 
+Listener = tuple[ControlListener, list[ControlMessage]]
+
+
 @pytest.fixture
-def listener() -> tuple[ControlListener, list[ControlMessage]]:
+def listener() -> Listener:
     seen: list[ControlMessage] = []
     return ControlListener(SETTINGS, seen.append, group_id="g"), seen
 
 
 @pytest.mark.parametrize("raw", POISON, ids=range(len(POISON)))
-def test_a_poison_control_message_is_logged_and_skipped(listener, raw: bytes | None,
+def test_a_poison_control_message_is_logged_and_skipped(listener: Listener, raw: bytes | None,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     ctl, seen = listener
     with caplog.at_level(logging.WARNING, logger="daemon.serving.control"):
