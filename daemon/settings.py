@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -104,11 +104,24 @@ class IngestSettings(FrozenConfig):
                     "in seconds; beyond it the event is dead-lettered (future_ts).")
 
 
+class EngineOptions(TypedDict):
+    """`storage.db.make_engine`'s timeouts (`**settings.storage.engine_options`)."""
+
+    connect_timeout_s: int
+    statement_timeout_ms: int
+
+
 class StorageSettings(FrozenConfig):
     """The database and the artifacts folder."""
 
     database_url: str = Field("sqlite:///./ranktune.db", description="SQLAlchemy URL (SQLite or PostgreSQL).")
     artifacts_dir: Path = Field(Path("./artifacts"), description="Folder of adapter version folders.")
+    connect_timeout_s: int = Field(
+        10, ge=1, le=600, description="PostgreSQL: give up a connection attempt after this many seconds.")
+    statement_timeout_ms: int = Field(
+        120_000, ge=0, le=86_400_000,
+        description="PostgreSQL: cancel any statement running longer than this (0: no limit; "
+                    "`ranktune db upgrade` never has one).")
 
     @field_validator("database_url")
     @classmethod
@@ -116,6 +129,11 @@ class StorageSettings(FrozenConfig):
         if not url.startswith(("sqlite", "postgresql")):
             raise ValueError(f"must be sqlite:/// or postgresql://, got {url.split(':')[0]}")
         return url
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        """The keyword arguments of `storage.db.make_engine` from these settings."""
+        return EngineOptions(connect_timeout_s=self.connect_timeout_s, statement_timeout_ms=self.statement_timeout_ms)
 
     @property
     def sqlalchemy_url(self) -> str:

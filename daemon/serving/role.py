@@ -99,7 +99,7 @@ class ServeRole:
         try:
             engine = self._engine
             if engine is None:
-                engine = make_engine(s.storage.sqlalchemy_url)
+                engine = make_engine(s.storage.sqlalchemy_url, **s.storage.engine_options)
                 self._stack.callback(engine.dispose)
             ensure_schema(engine)
             scorer, reconciler = start_scorer(self._stack, s, engine, ranker=self._ranker, metrics=self.metrics)

@@ -172,7 +172,7 @@ def child_main(settings: Settings, run_id: int, trigger: str, stop: MpEvent, con
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_level, settings.log_format, role="trainer", run_id=run_id,
                       text_format=f"%(asctime)s %(levelname)s [train run {run_id}] %(name)s: %(message)s")
-    engine = make_engine(settings.storage.sqlalchemy_url)
+    engine = make_engine(settings.storage.sqlalchemy_url, **settings.storage.engine_options)
     try:
         outcome = run_cycle(settings, engine, run_id, trigger, should_stop=stop.is_set,
                             on_progress=lambda event: report(conn, Progress(event=event)))

@@ -157,3 +157,49 @@ def test_registry_refuses_unknown_and_repeated_promotion(engine):
         registry.promote(session=s, version="v0001", actor="x")
         with pytest.raises(InvalidTransition):
             registry.promote(session=s, version="v0001", actor="x")
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_postgres_connect_timeout_gives_up_on_a_server_that_never_answers() -> None:
+    """#14: a black-holed database must fail the caller (who backs off and retries), not hang its loop."""
+    import socket
+
+    from sqlalchemy.exc import OperationalError
+
+    from storage.db import make_engine
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nothing ever answers the startup packet
+    port = silent.getsockname()[1]
+    engine = make_engine(f"postgresql://u@127.0.0.1:{port}/db", connect_timeout_s=2)
+    try:
+        with pytest.raises(OperationalError, match="timeout"):
+            engine.connect()
+    finally:
+        engine.dispose()
+        silent.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_postgres_statement_timeout_cancels_a_stuck_statement(db_url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from daemon.settings import Settings
+    from storage.db import make_engine
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only (SQLite has its busy timeout)")
+    storage = Settings.load(storage_database_url=db_url, storage_statement_timeout_ms=300).storage
+    engine = make_engine(storage.sqlalchemy_url, **storage.engine_options)
+    try:
+        with engine.connect() as c:
+            assert c.execute(text("show statement_timeout")).scalar_one() == "300ms"
+            with pytest.raises(OperationalError, match="statement timeout"):
+                c.execute(text("select pg_sleep(30)"))
+    finally:
+        engine.dispose()
+    assert Settings.load().storage.engine_options == {"connect_timeout_s": 10, "statement_timeout_ms": 120_000}
