@@ -196,6 +196,11 @@ class ApiSettings(FrozenConfig):
     max_items: int = Field(200, ge=1, description="Most items in one score request.")
     max_text_chars: int = Field(2048, ge=16, description="Longest query or item text.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body.")
+    catalog_cache_items: int = Field(
+        100_000, ge=1, description="Catalog texts cached for score requests without item text (LRU).")
+    catalog_cache_ttl_s: float = Field(
+        60.0, ge=0, description="A cached catalog text is re-read after this long; older ones are still "
+                                "served while the database is unavailable.")
 
 
 class ScorerSettings(FrozenConfig):

@@ -151,7 +151,12 @@ class Reconciler:
     """Brings `scorer` to the registry's champion: on demand (`sync`) and every `interval_s` in a thread.
 
     A version that was refused is not retried before `retry_refused_s`, so a corrupt champion costs one
-    error line per period, not a reload every few seconds; the scorer keeps serving what it had.
+    error line per period, not a reload every few seconds; the scorer keeps serving what it had, and
+    says so in `scorer.degraded` (shown by `/readyz` and `ranktune_degraded{component="scorer"}`) until
+    it serves the champion again.
+
+    Each sync also reads when the champion last changed (`last_champion_change`, Unix seconds), so the
+    `/metrics` gauge built on it reads a value, not the database, at every scrape.
     """
 
     def __init__(self, engine: Engine, scorer: Scorer, *, interval_s: float, retry_refused_s: float | None = None):
@@ -164,6 +169,7 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._champion_seen: str | None = None
+        self.last_champion_change: float | None = None
         self.heartbeat = Heartbeat("reconciler")  # busy = one sync (a swap included)
 
     def sync(self, reason: str = "on demand", *, force: bool = False) -> str:
@@ -176,8 +182,11 @@ class Reconciler:
             with session_scope(self._engine) as s:
                 champion = registry.champion(session=s)
                 self._note_champion(s, champion)
+                changed = registry.last_champion_change(session=s)
+            self.last_champion_change = changed.timestamp() if changed is not None else None
             if champion == self._scorer.version:
                 self._scorer.metrics.reconciles.labels(outcome="unchanged").inc()
+                self._scorer.degraded = None
                 return champion
             refused_at = self._refused.get(champion)
             if refused_at is not None and not force and time.monotonic() - refused_at < self.retry_refused_s:
@@ -186,11 +195,13 @@ class Reconciler:
             log.info("reconcile (%s): champion is %s, serving %s: swapping", reason, champion, self._scorer.version)
             try:
                 result = self._scorer.swap_to(champion)
-            except SwapRefused:
+            except SwapRefused as exc:
                 self._refused[champion] = time.monotonic()
                 self._scorer.metrics.reconciles.labels(outcome="refused").inc()
+                self._scorer.degraded = f"champion {champion} cannot be served ({exc}); serving {self._scorer.version}"
                 raise
             self._refused.pop(champion, None)
+            self._scorer.degraded = None
             self._scorer.metrics.reconciles.labels(outcome="swapped").inc()
             log.info("now serving %s (swap took %.3fs)", champion, result.seconds)
             return champion
