@@ -233,9 +233,10 @@ class Application:
     # --- scheduler role --------------------------------------------------------------------------
     def _start_scheduler(self, stack: ExitStack, engine: Engine) -> None:
         from daemon.training.cycle import child_main
-        from daemon.training.trainer_process import TrainerProcess
+        from daemon.training.trainer_process import TrainerProcess, close_interrupted_runs
 
         s = self.settings
+        close_interrupted_runs(engine, s)  # rows a killed predecessor left `running`
         self.trainer = TrainerProcess(s, engine, target=self._trainer_target or child_main)
         self.coordinator = TrainingCoordinator(self._training_cycle, drift_cooldown_s=s.drift.cooldown_s)
         # busy while a run trains; each progress message of the child beats
