@@ -203,3 +203,54 @@ def test_postgres_statement_timeout_cancels_a_stuck_statement(db_url: str) -> No
     finally:
         engine.dispose()
     assert Settings.load().storage.engine_options == {"connect_timeout_s": 10, "statement_timeout_ms": 120_000}
+
+
+def test_racing_promotes_and_rollbacks_leave_exactly_one_champion(engine):
+    """#14 (verifies main's compare-and-set): 8 threads promote, roll back and auto-promote at random; one
+    champion afterwards, its row the only one with status champion, and one audit row per action that
+    took effect."""
+    import random
+    import threading
+
+    from daemon.training.promotion import promote, rollback
+    from storage.errors import ChampionChanged
+    from storage.models import AuditLog
+
+    names = [f"v{i:04d}" for i in range(1, 7)]
+    with session_scope(engine) as s:
+        for v in names:
+            _version(s, v)
+    applied: list[str] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(12):
+            try:
+                if rng.random() < 0.3:
+                    rollback(engine=engine, actor=f"t{seed}")
+                else:
+                    with session_scope(engine) as s:
+                        seen = registry.champion(session=s)
+                    target = rng.choice(names)
+                    expected = seen if rng.random() < 0.5 else None  # auto-promote expects what it gated against
+                    promote(engine=engine, version=target, actor=f"t{seed}", expected=expected)
+            except (ChampionChanged, InvalidTransition):
+                continue
+            with lock:
+                applied.append(f"t{seed}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert applied
+    with session_scope(engine) as s:
+        champion = registry.champion(session=s)
+        rows = s.execute(text("select version from adapter_versions where status = 'champion'")).scalars().all()
+        assert list(rows) == ([] if champion == "base" else [champion])
+        actions = s.execute(text("select count(*) from audit_log where action in ('promote', 'rollback')")).scalar()
+        assert actions == len(applied)
+        last = s.query(AuditLog).order_by(AuditLog.id.desc()).first()
+        assert last is not None and (last.to_version or "base") == champion
