@@ -100,17 +100,9 @@ def _iso_string(v: Any) -> Any:
     return v
 
 
-def _to_utc(v: datetime) -> datetime:
-    """In UTC; a time whose conversion leaves years 1..9999 is out of range (inside validation, so a
-    rejection and not an OverflowError out of the parser)."""
-    try:
-        return v.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise ValueError("out of range once converted to UTC") from None
-
-
-Timestamp = Annotated[AwareDatetime, Strict(False), BeforeValidator(_iso_string), AfterValidator(_to_utc)]
-"""An aware date-time from an ISO-8601 string, converted to UTC."""
+Timestamp = Annotated[AwareDatetime, Strict(False), BeforeValidator(_iso_string)]
+"""An aware date-time from an ISO-8601 string. `parse_record` converts it to UTC, and rejects one whose
+conversion leaves years 1..9999 (`0001-01-01T00:00:00+01:00`) as `schema:ts`."""
 
 Text = Annotated[str, AfterValidator(_no_nul)]
 Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_nul)]
@@ -248,7 +240,10 @@ def parse_record(
         event = validate(value)
     except ValidationError as exc:
         return Rejection(topic, partition, offset, key, value, *_describe(exc))
-    ts = event.ts  # already UTC
+    try:
+        ts = event.ts.astimezone(UTC)
+    except OverflowError:
+        return Rejection(topic, partition, offset, key, value, "schema:ts", "ts: out of range once converted to UTC")
     if now is None:
         now = time.time()
     reference = now if timestamp_ms is None or timestamp_ms < 0 else min(now, timestamp_ms / 1000)
