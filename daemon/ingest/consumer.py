@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 from daemon.errors import BrokerUnavailable, DeadLetterFailed
 from daemon.health import Heartbeat
 from daemon.ingest.deadletter import DeadLetterPublisher, Sent
-from daemon.ingest.events import ParseConfig, Parsed, Rejection, parse_record
+from daemon.ingest.events import ParseConfig, Parsed, Rejection, future_limit, parse_record
 from daemon.ingest.kafka_client import client_kwargs, ensure_topics
 from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.ingest.stats import IngestStats
@@ -238,10 +238,12 @@ class Ingestor:
         keep, now = batch.parsed.append, time.time()
         for tp, recs in records.items():
             topic, partition = tp.topic, tp.partition
+            not_after = future_limit(config, (r.timestamp for r in recs), now)
             for r in recs:
                 try:
                     out = parse_record(topic, partition, r.offset, r.key, r.value, config=config,
-                                       pseudonymize=pseudonymize, timestamp_ms=r.timestamp, now=now)
+                                       pseudonymize=pseudonymize, timestamp_ms=r.timestamp, now=now,
+                                       not_after=not_after)
                 except Exception as exc:  # a parser bug must cost one record, never the loop
                     log.exception("%s[%d]@%d: the parser failed", topic, partition, r.offset)
                     out = Rejection(topic, partition, r.offset, r.key, r.value, "parse_error", type(exc).__name__)

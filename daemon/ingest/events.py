@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple
@@ -211,12 +211,14 @@ def parse_record(
     pseudonymize: Pseudonymizer,
     timestamp_ms: int | None = None,
     now: float | None = None,
+    not_after: datetime | None = None,
 ) -> Parsed | Rejection:
     """Validate one raw record. Never raises for bad input: returns a `Rejection` instead.
 
     `timestamp_ms`: the record's Kafka timestamp (None or negative: unknown); `now`: the wall clock in
     Unix seconds (default `time.time()`; a batch passes one value for all its records). `ts` may be at
-    most `config.max_future_skew_s` ahead of `min(timestamp_ms / 1000, now)`."""
+    most `config.max_future_skew_s` ahead of `min(timestamp_ms / 1000, now)`. `not_after` (a batch's
+    `future_limit`) is a bound no later than that: a `ts` up to it skips the exact check."""
     # The hot path of ingestion (once per record): no per-call closures, the model's compiled
     # validator called directly, the row built in one dict display.
     validate: Callable[[bytes], FeedbackIn | CatalogIn]
@@ -244,14 +246,15 @@ def parse_record(
         ts = event.ts.astimezone(UTC)
     except OverflowError:
         return Rejection(topic, partition, offset, key, value, "schema:ts", "ts: out of range once converted to UTC")
-    if now is None:
-        now = time.time()
-    reference = now if timestamp_ms is None or timestamp_ms < 0 else min(now, timestamp_ms / 1000)
-    ahead = ts.timestamp() - reference
-    if ahead > config.max_future_skew_s:
-        return Rejection(topic, partition, offset, key, value, "future_ts",
-                         f"ts is {ahead:.0f}s ahead of the record's time "
-                         f"(max_future_skew_s {config.max_future_skew_s:g})")
+    if not_after is None or ts > not_after:
+        if now is None:
+            now = time.time()
+        reference = now if timestamp_ms is None or timestamp_ms < 0 else min(now, timestamp_ms / 1000)
+        ahead = ts.timestamp() - reference
+        if ahead > config.max_future_skew_s:
+            return Rejection(topic, partition, offset, key, value, "future_ts",
+                             f"ts is {ahead:.0f}s ahead of the record's time "
+                             f"(max_future_skew_s {config.max_future_skew_s:g})")
     if isinstance(event, FeedbackIn):
         session_id, user_id = event.session_id, event.user_id
         row = {
@@ -280,6 +283,14 @@ def parse_record(
         "ts": ts,
     }
     return Parsed("catalog", row, topic, partition, offset, key, value)
+
+
+def future_limit(config: ParseConfig, timestamps_ms: Iterable[int], now: float) -> datetime:
+    """The latest `ts` that no record with one of `timestamps_ms` (negative: none) can refuse as future_ts:
+    a batch computes it once and passes it to `parse_record` as `not_after`."""
+    known = [t for t in timestamps_ms if t >= 0]
+    reference = min(now, min(known) / 1000) if known else now
+    return datetime.fromtimestamp(reference + config.max_future_skew_s, UTC)
 
 
 # `Model.model_validate_json` without its per-call Python wrapper (same validator, same errors).

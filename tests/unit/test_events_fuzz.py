@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from daemon.ingest.events import ParseConfig, Parsed, Rejection, parse_record
+from daemon.ingest.events import ParseConfig, Parsed, Rejection, future_limit, parse_record
 from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.ingest.writer import write_batch
 from storage.db import make_engine, upgrade
@@ -105,3 +105,18 @@ def test_the_audits_poison_timestamps_are_rejected_by_the_same_check(engine: Eng
     for ts in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "1795000000"):
         out = _check(engine, "fb", json.dumps(FEEDBACK | {"ts": ts}).encode())
         assert isinstance(out, Rejection) and out.reason == "schema:ts"
+
+
+@FUZZ
+@given(ts=aware, batch=st.lists(st.integers(-1, 2**42), min_size=1, max_size=5), pick=st.integers(0, 4),
+       skew=st.floats(0, 86400 * 30))
+def test_the_batch_fast_path_decides_exactly_as_the_exact_check(ts: datetime, batch: list[int], pick: int,
+                                                               skew: float) -> None:
+    config = ParseConfig("fb", "cat", 4096, max_future_skew_s=skew)
+    value = json.dumps(FEEDBACK | {"ts": ts.isoformat()}).encode()
+    record_ms = batch[pick % len(batch)]
+    exact = parse_record("fb", 0, 0, None, value, config=config, pseudonymize=KEY, timestamp_ms=record_ms, now=NOW)
+    fast = parse_record("fb", 0, 0, None, value, config=config, pseudonymize=KEY, timestamp_ms=record_ms, now=NOW,
+                        not_after=future_limit(config, batch, NOW))
+    assert type(fast) is type(exact)
+    assert getattr(fast, "reason", None) == getattr(exact, "reason", None)
