@@ -16,7 +16,7 @@ from pathlib import Path
 
 from daemon.settings import Settings
 
-BENCHMARKS = ("ingest", "train", "score")
+BENCHMARKS = ("ingest", "train", "score", "parse")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
