@@ -200,25 +200,15 @@ class Rejection:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
-def parse_record(
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    *,
-    config: ParseConfig,
-    pseudonymize: Pseudonymizer,
-    timestamp_ms: int | None = None,
-    now: float | None = None,
-    not_after: datetime | None = None,
-) -> Parsed | Rejection:
+def parse_record(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, *,
+                 config: ParseConfig, pseudonymize: Pseudonymizer, timestamp_ms: int | None = None,
+                 now: float | None = None, not_after: datetime | None = None) -> Parsed | Rejection:
     """Validate one raw record. Never raises for bad input: returns a `Rejection` instead.
 
-    `timestamp_ms`: the record's Kafka timestamp (None or negative: unknown); `now`: the wall clock in
-    Unix seconds (default `time.time()`; a batch passes one value for all its records). `ts` may be at
-    most `config.max_future_skew_s` ahead of `min(timestamp_ms / 1000, now)`. `not_after` (a batch's
-    `future_limit`) is a bound no later than that: a `ts` up to it skips the exact check."""
+    `timestamp_ms`: the record's Kafka timestamp (None or negative: unknown); `now`: Unix seconds (default
+    `time.time()`; a batch passes one for all its records). `ts` may be at most `max_future_skew_s` ahead
+    of `min(timestamp_ms / 1000, now)`; `not_after` (a batch's `future_limit`) is a bound no later than
+    that, below which the exact check is skipped."""
     # The hot path of ingestion (once per record): no per-call closures, the model's compiled
     # validator called directly, the row built in one dict display.
     validate: Callable[[bytes], FeedbackIn | CatalogIn]
@@ -242,19 +232,9 @@ def parse_record(
         event = validate(value)
     except ValidationError as exc:
         return Rejection(topic, partition, offset, key, value, *_describe(exc))
-    try:
-        ts = event.ts.astimezone(UTC)
-    except OverflowError:
-        return Rejection(topic, partition, offset, key, value, "schema:ts", "ts: out of range once converted to UTC")
-    if not_after is None or ts > not_after:
-        if now is None:
-            now = time.time()
-        reference = now if timestamp_ms is None or timestamp_ms < 0 else min(now, timestamp_ms / 1000)
-        ahead = ts.timestamp() - reference
-        if ahead > config.max_future_skew_s:
-            return Rejection(topic, partition, offset, key, value, "future_ts",
-                             f"ts is {ahead:.0f}s ahead of the record's time "
-                             f"(max_future_skew_s {config.max_future_skew_s:g})")
+    ts = _checked_ts(event.ts, config, timestamp_ms, now, not_after)
+    if type(ts) is tuple:
+        return Rejection(topic, partition, offset, key, value, *ts)
     if isinstance(event, FeedbackIn):
         session_id, user_id = event.session_id, event.user_id
         row = {
@@ -291,6 +271,24 @@ def future_limit(config: ParseConfig, timestamps_ms: Iterable[int], now: float) 
     known = [t for t in timestamps_ms if t >= 0]
     reference = min(now, min(known) / 1000) if known else now
     return datetime.fromtimestamp(reference + config.max_future_skew_s, UTC)
+
+
+def _checked_ts(ts: datetime, config: ParseConfig, timestamp_ms: int | None, now: float | None,
+                not_after: datetime | None) -> Any:
+    """`ts` in UTC, or the (reason, message) of its rejection: out of range in UTC, or too far ahead."""
+    try:
+        ts = ts.astimezone(UTC)
+    except OverflowError:
+        return "schema:ts", "ts: out of range once converted to UTC"
+    if not_after is None or ts > not_after:
+        if now is None:
+            now = time.time()
+        reference = now if timestamp_ms is None or timestamp_ms < 0 else min(now, timestamp_ms / 1000)
+        ahead = ts.timestamp() - reference
+        if ahead > config.max_future_skew_s:
+            return "future_ts", (f"ts is {ahead:.0f}s ahead of the record's time "
+                                 f"(max_future_skew_s {config.max_future_skew_s:g})")
+    return ts
 
 
 # `Model.model_validate_json` without its per-call Python wrapper (same validator, same errors).
