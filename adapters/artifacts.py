@@ -42,7 +42,7 @@ __all__ = [
     "validate_version_name",
 ]
 
-VERSION_RE = re.compile(r"^v\d{4,}$")
+VERSION_RE = re.compile(r"\Av[0-9]{4,}\Z", re.ASCII)  # \Z: no trailing newline; [0-9]: ASCII digits only
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 META = "meta.json"
@@ -70,7 +70,7 @@ def validate_version_name(name: str) -> str:
 
     The pattern admits no separators or dots, so a version can never name a path outside `root`.
     """
-    if not isinstance(name, str) or not VERSION_RE.match(name):
+    if not isinstance(name, str) or not VERSION_RE.fullmatch(name):
         raise InvalidVersionName(f"invalid adapter version name {name!r} (expected e.g. v0001)")
     return name
 

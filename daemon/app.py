@@ -148,7 +148,7 @@ class Application:
     def _start_ingest(self, stack: ExitStack) -> None:
         # an engine of its own, whose SQLite lock wait is bounded: a locked database holds the batch and
         # pauses the partitions instead of stalling the poll loop past max_poll_interval
-        engine = make_engine(self.settings.storage.sqlalchemy_url)
+        engine = make_engine(self.settings.storage.sqlalchemy_url, **self.settings.storage.engine_options)
         stack.callback(engine.dispose)
         bound_sqlite_wait(engine, min(5.0, self.settings.kafka.max_poll_interval_ms / 4000))
         self.ingestor = Ingestor(self.settings, engine, stats=self.stats, create_topics=self._create_topics)
@@ -162,7 +162,7 @@ class Application:
     def _checked_engine(self) -> Engine:
         """Start-up checks that fail fast, each naming the fix."""
         s = self.settings
-        engine = make_engine(s.storage.sqlalchemy_url)
+        engine = make_engine(s.storage.sqlalchemy_url, **s.storage.engine_options)
         try:
             ensure_schema(engine)
         except RanktuneError:
@@ -233,9 +233,10 @@ class Application:
     # --- scheduler role --------------------------------------------------------------------------
     def _start_scheduler(self, stack: ExitStack, engine: Engine) -> None:
         from daemon.training.cycle import child_main
-        from daemon.training.trainer_process import TrainerProcess
+        from daemon.training.trainer_process import TrainerProcess, close_interrupted_runs
 
         s = self.settings
+        close_interrupted_runs(engine, s)  # rows a killed predecessor left `running`
         self.trainer = TrainerProcess(s, engine, target=self._trainer_target or child_main)
         self.coordinator = TrainingCoordinator(self._training_cycle, drift_cooldown_s=s.drift.cooldown_s)
         # busy while a run trains; each progress message of the child beats

@@ -31,3 +31,8 @@ class BadRequest(DaemonError, ValueError):
 
 class Overloaded(DaemonError, RuntimeError):
     """The scorer queue is full; the client should retry later."""
+
+
+class DeadLetterFailed(DaemonError, RuntimeError):
+    """A reject could not be dead-lettered for good (a non-retriable broker error): the ingest loop stops
+    without committing its batch, so the record is consumed again after the restart, never lost."""

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -99,6 +99,17 @@ class IngestSettings(FrozenConfig):
     pseudonym_key: SecretStr | None = Field(
         None, description="HMAC key for user_id/session_id; without it they are dropped.")
     stats_interval_s: float = Field(30.0, gt=0, description="Interval of the one-line ingestion summary.")
+    max_future_skew_s: float = Field(
+        3600.0, ge=0, le=31_536_000,
+        description="How far an event's ts may lie ahead of its record's time, min(broker timestamp, now), "
+                    "in seconds; beyond it the event is dead-lettered (future_ts).")
+
+
+class EngineOptions(TypedDict):
+    """`storage.db.make_engine`'s timeouts (`**settings.storage.engine_options`)."""
+
+    connect_timeout_s: int
+    statement_timeout_ms: int
 
 
 class StorageSettings(FrozenConfig):
@@ -106,6 +117,12 @@ class StorageSettings(FrozenConfig):
 
     database_url: str = Field("sqlite:///./ranktune.db", description="SQLAlchemy URL (SQLite or PostgreSQL).")
     artifacts_dir: Path = Field(Path("./artifacts"), description="Folder of adapter version folders.")
+    connect_timeout_s: int = Field(
+        10, ge=1, le=600, description="PostgreSQL: give up a connection attempt after this many seconds.")
+    statement_timeout_ms: int = Field(
+        120_000, ge=0, le=86_400_000,
+        description="PostgreSQL: cancel any statement running longer than this (0: no limit; "
+                    "`ranktune db upgrade` never has one).")
 
     @field_validator("database_url")
     @classmethod
@@ -113,6 +130,11 @@ class StorageSettings(FrozenConfig):
         if not url.startswith(("sqlite", "postgresql")):
             raise ValueError(f"must be sqlite:/// or postgresql://, got {url.split(':')[0]}")
         return url
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        """The keyword arguments of `storage.db.make_engine` from these settings."""
+        return EngineOptions(connect_timeout_s=self.connect_timeout_s, statement_timeout_ms=self.statement_timeout_ms)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -175,6 +197,11 @@ class ApiSettings(FrozenConfig):
     max_items: int = Field(200, ge=1, description="Most items in one score request.")
     max_text_chars: int = Field(2048, ge=16, description="Longest query or item text.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body.")
+    catalog_cache_items: int = Field(
+        100_000, ge=1, description="Catalog texts cached for score requests without item text (LRU).")
+    catalog_cache_ttl_s: float = Field(
+        60.0, ge=0, description="A cached catalog text is re-read after this long; older ones are still "
+                                "served while the database is unavailable.")
 
 
 class ScorerSettings(FrozenConfig):

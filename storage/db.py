@@ -29,8 +29,18 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for `url` (`sqlite:///...` or `postgresql+psycopg://...`)."""
+DEFAULT_CONNECT_TIMEOUT_S = 10
+DEFAULT_STATEMENT_TIMEOUT_MS = 120_000
+
+
+def make_engine(url: str, *, echo: bool = False, connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S,
+                statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS) -> Engine:
+    """An engine for `url` (`sqlite:///...` or `postgresql+psycopg://...`).
+
+    On PostgreSQL a connection attempt gives up after `connect_timeout_s` (libpq's `connect_timeout`) and
+    every statement after `statement_timeout_ms` (the server's `statement_timeout`; 0: no limit), so a
+    black-holed server or a stuck query fails the caller, which retries, instead of hanging its loop.
+    SQLite has its lock wait (`busy_timeout`) instead."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
@@ -39,7 +49,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    connect_args: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout_s)),
+                                    "options": f"-c statement_timeout={int(statement_timeout_ms)}"}
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -12,8 +12,10 @@ Concurrent actions therefore apply one after the other, never both on the same s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -30,10 +32,19 @@ PREVIOUS = "previous"
 
 
 # --- versions --------------------------------------------------------------------------------------
-def next_version_name(*, session: Session) -> str:
-    """Monotonic names v0001, v0002, ... (never reused, even for rejected versions)."""
-    n = session.execute(select(func.count()).select_from(AdapterVersion)).scalar_one()
-    return f"v{int(n) + 1:04d}"
+_NUMBERED = re.compile(r"\Av([0-9]{4,})\Z", re.ASCII)
+
+
+def next_version_name(*, session: Session, artifacts_dir: Path | None = None) -> str:
+    """Monotonic names v0001, v0002, ... (never reused, even for rejected versions): one past the highest
+    number among the registry's versions and, with `artifacts_dir`, the version folders in it. An
+    artifact folder whose registry row was never written (a crash between the two) is skipped, not
+    collided with."""
+    names = list(session.execute(select(col(AdapterVersion.version))).scalars())
+    if artifacts_dir is not None and artifacts_dir.is_dir():
+        names += [p.name for p in artifacts_dir.iterdir()]
+    numbers = [int(m.group(1)) for m in map(_NUMBERED.match, names) if m is not None]
+    return f"v{max(numbers, default=0) + 1:04d}"
 
 
 def add_version(*, session: Session, version: AdapterVersion) -> AdapterVersion:

@@ -31,7 +31,7 @@ def open_existing(settings: Settings) -> Engine:
         raise DatabaseMissing(
             f"no database at {path} (RANKTUNE_STORAGE_DATABASE_URL={settings.storage.database_url}); "
             "`ranktune db upgrade` creates it, and so does starting the daemon")
-    engine = make_engine(settings.storage.sqlalchemy_url)
+    engine = make_engine(settings.storage.sqlalchemy_url, **settings.storage.engine_options)
     try:
         current, head = current_revision(engine), head_revision()
         if current != head:

@@ -25,7 +25,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "current" and path is not None and not path.is_file():
         raise DatabaseMissing(f"no database at {path} (RANKTUNE_STORAGE_DATABASE_URL="
                               f"{settings.storage.database_url}); `ranktune db upgrade` creates it")
-    engine = make_engine(settings.storage.sqlalchemy_url)
+    engine = make_engine(settings.storage.sqlalchemy_url, connect_timeout_s=settings.storage.connect_timeout_s,
+                         statement_timeout_ms=0)  # a migration may take long
     try:
         if args.action == "upgrade":
             before = current_revision(engine)

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("ranktune train: needs --once: `ranktune train --once` runs one training cycle now and "
                          "exits; retraining on a schedule and on drift is the scheduler role of `ranktune run`")
     from daemon.training.trainer_process import TrainerProcess
-    engine = make_engine(settings.storage.sqlalchemy_url)
+    engine = make_engine(settings.storage.sqlalchemy_url, **settings.storage.engine_options)
     ensure_schema(engine)
     bar: tqdm[Any] | None = None
 

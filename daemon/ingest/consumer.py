@@ -13,6 +13,8 @@ are written, then the dead-letter acks are awaited and the offsets committed.
 Outages:
 - broker: kafka-python reconnects by itself; `poll()` returns nothing meanwhile. A failed commit is
   logged and not retried: those records are delivered again and absorbed as duplicates.
+- a dead letter refused for good (a non-retriable error): the loop raises `DeadLetterFailed` without
+  committing, the worker is dead, and the process exits 1; after the restart the batch comes again.
 - database (or dead-letter topic): the batch is held, all assigned partitions are paused and the
   loop keeps polling (so the member stays in the group) while the write is retried with back-off;
   then the partitions resume. Nothing is committed for events not yet written.
@@ -35,10 +37,10 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata, T
 from kafka.errors import KafkaError
 from sqlalchemy.engine import Engine
 
-from daemon.errors import BrokerUnavailable
+from daemon.errors import BrokerUnavailable, DeadLetterFailed
 from daemon.health import Heartbeat
 from daemon.ingest.deadletter import DeadLetterPublisher, Sent
-from daemon.ingest.events import ParseConfig, Parsed, Rejection, parse_record
+from daemon.ingest.events import ParseConfig, Parsed, Rejection, future_limit, parse_record
 from daemon.ingest.kafka_client import client_kwargs, ensure_topics
 from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.ingest.stats import IngestStats
@@ -84,6 +86,11 @@ class _LogAssignments(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", _fmt(assigned) or "none")
+
+
+def _where(rejects: list[Rejection], shown: int = 5) -> str:
+    more = f" and {len(rejects) - shown} more" if len(rejects) > shown else ""
+    return ", ".join(r.where for r in rejects[:shown]) + more
 
 
 def _fmt(tps: Any) -> str:
@@ -228,11 +235,18 @@ class Ingestor:
         assert self._consumer is not None
         batch = _Batch(0, [], [], {})
         config, pseudonymize = self._parse_config, self._pseudonymize  # once per batch, not per record
-        keep = batch.parsed.append
+        keep, now = batch.parsed.append, time.time()
         for tp, recs in records.items():
             topic, partition = tp.topic, tp.partition
+            not_after = future_limit(config, (r.timestamp for r in recs), now)
             for r in recs:
-                out = parse_record(topic, partition, r.offset, r.key, r.value, config=config, pseudonymize=pseudonymize)
+                try:
+                    out = parse_record(topic, partition, r.offset, r.key, r.value, config=config,
+                                       pseudonymize=pseudonymize, timestamp_ms=r.timestamp, now=now,
+                                       not_after=not_after)
+                except Exception as exc:  # a parser bug must cost one record, never the loop
+                    log.exception("%s[%d]@%d: the parser failed", topic, partition, r.offset)
+                    out = Rejection(topic, partition, r.offset, r.key, r.value, "parse_error", type(exc).__name__)
                 if type(out) is Parsed:
                     keep(out)
                 else:
@@ -270,6 +284,10 @@ class Ingestor:
             unacked = {id(r) for r in retry + dropped}
             self.stats.add_reasons(rej.reason for rej, _ in batch.in_flight if id(rej) not in unacked)
             batch.in_flight, batch.rejects = [], retry
+            if dropped:  # committing would lose these records without a trace: stop, uncommitted
+                raise DeadLetterFailed(
+                    f"{len(dropped)} rejected record(s) cannot be dead-lettered ({_where(dropped)}): stopping "
+                    f"without committing the batch of {batch.records}; it is consumed again after the restart")
             if retry:
                 self._hold(batch, f"dead-letter topic unavailable ({len(retry)} rejects unacknowledged)")
                 return False

@@ -1,9 +1,14 @@
 """Publishes rejected records to the dead-letter topic.
 
-Each dead letter keeps the original key and value bytes unchanged and says where it came from and
-why in headers: `source_topic`, `source_partition`, `source_offset`, `reason`, `message`, `ts`
-(ISO-8601 UTC of the rejection). Delivery is at-least-once: after a crash or a failed flush the
-same reject may be published again (dead letters are diagnostics, not data).
+Each dead letter keeps the original key and value bytes and says where it came from and why in headers:
+`source_topic`, `source_partition`, `source_offset`, `reason`, `message`, `ts` (ISO-8601 UTC of the
+rejection). Personal identifiers are the one exception: storage keeps only the keyed pseudonym of
+`user_id` and `session_id`, and so does the dead-letter topic (`redact_personal`): their values are
+replaced by the same pseudonym (JSON `null` without a key) and a `redacted` header names the fields.
+
+Delivery is at-least-once: after a crash or a failed flush the same reject may be published again
+(dead letters are diagnostics, not data). A reject the broker refuses for good (a non-retriable
+error) is reported by `wait` as dropped, and the ingest loop then stops without committing.
 
 A value too big for the producer's request limit is cut to that limit and marked with a
 `truncated` header giving the original size, so one huge message cannot block the loop.
@@ -12,7 +17,9 @@ A value too big for the producer's request limit is cut to that limit and marked
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +29,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from daemon.ingest.events import Rejection
 from daemon.ingest.kafka_client import client_kwargs
+from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +39,53 @@ Sent = tuple[Rejection, Any]
 
 MAX_REQUEST_BYTES = 1_048_576  # kafka-python's (and Kafka's) default request/message limit
 _VALUE_LIMIT = MAX_REQUEST_BYTES - 16 * 1024  # room for key, headers and framing
+
+
+PERSONAL_FIELDS = ("user_id", "session_id")
+# `"user_id": <string or bare scalar>` in bytes that are not a JSON object (cut off, bad UTF-8)
+_PERSONAL_RE = re.compile(rb'"(user_id|session_id)"(\s*:\s*)("(?:[^"\\]|\\.)*"?|[^,}\]\s]+)')
+
+
+def redact_personal(value: bytes | None, pseudonymize: Pseudonymizer) -> tuple[bytes | None, list[str]]:
+    """`value` with every `user_id`/`session_id` value replaced by its pseudonym, and the fields replaced.
+
+    A JSON object is decoded, changed and encoded again (compact, UTF-8); other bytes are searched for
+    `"user_id": value` pairs, which are replaced in place. Bytes without personal fields come back as
+    they are."""
+    if value is None or (b"user_id" not in value and b"session_id" not in value):
+        return value, []
+    try:
+        body = json.loads(value)
+    except Exception:  # not JSON (cut off, bad UTF-8, nested too deep): redact the raw pairs
+        body = None
+    if isinstance(body, dict):
+        found = [f for f in PERSONAL_FIELDS if f in body]
+        if not found:
+            return value, []
+        for f in found:
+            raw = body[f]
+            body[f] = pseudonymize(f, _text(raw if isinstance(raw, str) else json.dumps(raw)))
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"), found
+    fields: list[str] = []
+
+    def _sub(m: re.Match[bytes]) -> bytes:
+        field = m.group(1).decode()
+        fields.append(field)
+        token = m.group(3)
+        try:
+            raw = json.loads(token) if token.startswith(b'"') else token.decode("utf-8", "replace")
+        except ValueError:
+            raw = token.decode("utf-8", "replace")
+        hashed = pseudonymize(field, _text(raw if isinstance(raw, str) else str(raw)))
+        return b'"' + m.group(1) + b'"' + m.group(2) + (json.dumps(hashed).encode())
+
+    out = _PERSONAL_RE.sub(_sub, value)
+    return out, sorted(set(fields))
+
+
+def _text(value: str) -> str:
+    """`value` as valid UTF-8 text (JSON may carry lone surrogates); unchanged for any valid string."""
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def headers_for(rej: Rejection, *, truncated_from: int | None = None) -> list[tuple[str, bytes]]:
@@ -55,6 +110,7 @@ class DeadLetterPublisher:
 
     def __init__(self, settings: Settings, *, flush_timeout_s: float = 10.0) -> None:
         self.topic = settings.kafka.deadletter_topic
+        self._pseudonymize = Pseudonymizer(settings.ingest.pseudonym_key)
         self._flush_timeout_s = flush_timeout_s
         self._producer = KafkaProducer(
             **client_kwargs(settings, client_id="ranktune-deadletter"),
@@ -70,13 +126,15 @@ class DeadLetterPublisher:
         sent: list[Sent] = []
         for i, rej in enumerate(rejects):
             value = rej.value if rej.value is not None or rej.key is not None else b""
+            value, redacted = redact_personal(value, self._pseudonymize)
             truncated = None
             if value is not None and len(value) > _VALUE_LIMIT:
                 truncated, value = len(value), value[:_VALUE_LIMIT]
+            headers = headers_for(rej, truncated_from=truncated)
+            if redacted:
+                headers.append(("redacted", ",".join(redacted).encode()))
             try:
-                fut = self._producer.send(
-                    self.topic, value=value, key=rej.key, headers=headers_for(rej, truncated_from=truncated)
-                )
+                fut = self._producer.send(self.topic, value=value, key=rej.key, headers=headers)
             except KafkaTimeoutError as exc:  # no metadata for the topic: the broker is away, try later
                 sent.extend((r, exc) for r in rejects[i:])
                 break

@@ -19,8 +19,16 @@ original bytes and a low-cardinality reason code (safe as a metric label):
 | `unknown_field`  | an unexpected field (the message names it)                     |
 | `unknown_action` | `action` is not one of the four actions                        |
 | `schema:<field>` | a known field is missing, mistyped, out of range or naive-time |
+| `future_ts`      | `ts` more than `max_future_skew_s` ahead of the record's time  |
 | `unknown_topic`  | record from a topic that carries no ranktune events            |
+| `parse_error`    | the parser itself failed (a bug; the loop goes on, see consumer) |
 | `store_failed`   | the database refused the row although it passed the schema    |
+
+Timestamps: `ts` must be an ISO-8601 string with a zone (an epoch number, even as a string, is refused)
+whose UTC conversion exists (`0001-01-01T00:00:00+01:00` has none). It may not lie more than
+`max_future_skew_s` ahead of the record's own time, `min(broker timestamp, now)`: a producer-chosen
+far-future `ts` would otherwise decide the holdout split (feedback) or freeze an item (catalog, where
+a later `ts` wins). The broker timestamp is the producer's CreateTime on most topics, hence the `min`.
 
 Personal data (`user_id`, `session_id`) leaves this module only as a keyed hash, and rejection
 messages never quote values.
@@ -29,12 +37,24 @@ messages never quote values.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    Strict,
+    ValidationError,
+)
 
 from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.settings import Settings
@@ -66,6 +86,24 @@ def _storable_json(v: Any) -> Any:
     return v
 
 
+_ISO_DATE_START = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]", re.ASCII)
+
+
+def _iso_string(v: Any) -> Any:
+    """Only an ISO-8601 date-time string (or a datetime from Python): pydantic would also read
+    `1795000000` and `"1795000000"` as epoch times. The field is parsed in lax mode after this check,
+    because a strict datetime accepts a string only straight from JSON, not from a validator."""
+    if isinstance(v, datetime):
+        return v
+    if not isinstance(v, str) or not _ISO_DATE_START.match(v):
+        raise ValueError("must be an ISO-8601 date-time string (YYYY-MM-DDTHH:MM:SS+zone), not an epoch number")
+    return v
+
+
+Timestamp = Annotated[AwareDatetime, Strict(False), BeforeValidator(_iso_string)]
+"""An aware date-time from an ISO-8601 string. `parse_record` converts it to UTC, and rejects one whose
+conversion leaves years 1..9999 (`0001-01-01T00:00:00+01:00`) as `schema:ts`."""
+
 Text = Annotated[str, AfterValidator(_no_nul)]
 Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_nul)]
 Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
@@ -87,7 +125,7 @@ class FeedbackIn(_StrictEvent):
     """
 
     event_id: Id
-    ts: AwareDatetime
+    ts: Timestamp
     query: Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_no_nul)]
     item_id: Id
     action: Action
@@ -113,7 +151,7 @@ class CatalogIn(_StrictEvent):
     category: Name | None = None
     brand: Name | None = None
     attributes: Annotated[dict[str, JsonValue], AfterValidator(_storable_json)] = Field(default_factory=dict)
-    ts: AwareDatetime
+    ts: Timestamp
 
 
 class _FeedbackFast(_StrictEvent):
@@ -124,7 +162,7 @@ class _FeedbackFast(_StrictEvent):
     messages). tests/unit/test_events.py keeps the two models' fields in step."""
 
     event_id: Annotated[str, Field(min_length=1, max_length=128)]
-    ts: AwareDatetime
+    ts: Timestamp
     query: Annotated[str, Field(min_length=1, max_length=512)]
     item_id: Annotated[str, Field(min_length=1, max_length=128)]
     action: Action
@@ -144,10 +182,12 @@ class ParseConfig:
     feedback_topic: str
     catalog_topic: str
     max_message_bytes: int
+    max_future_skew_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ParseConfig:
-        return cls(settings.kafka.feedback_topic, settings.kafka.catalog_topic, settings.ingest.max_message_bytes)
+        return cls(settings.kafka.feedback_topic, settings.kafka.catalog_topic, settings.ingest.max_message_bytes,
+                   settings.ingest.max_future_skew_s)
 
 
 class Parsed(NamedTuple):
@@ -186,17 +226,15 @@ class Rejection:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
-def parse_record(
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    *,
-    config: ParseConfig,
-    pseudonymize: Pseudonymizer,
-) -> Parsed | Rejection:
-    """Validate one raw record. Never raises for bad input: returns a `Rejection` instead."""
+def parse_record(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, *,
+                 config: ParseConfig, pseudonymize: Pseudonymizer, timestamp_ms: int | None = None,
+                 now: float | None = None, not_after: datetime | None = None) -> Parsed | Rejection:
+    """Validate one raw record. Never raises for bad input: returns a `Rejection` instead.
+
+    `timestamp_ms`: the record's Kafka timestamp (None or negative: unknown); `now`: Unix seconds (default
+    `time.time()`; a batch passes one for all its records). `ts` may be at most `max_future_skew_s` ahead
+    of `min(timestamp_ms / 1000, now)`; `not_after` (a batch's `future_limit`) is a bound no later than
+    that, below which the exact check is skipped."""
     # The hot path of ingestion (once per record): no per-call closures, the model's compiled
     # validator called directly, the row built in one dict display.
     validate: Callable[[bytes], _FeedbackFast | FeedbackIn | CatalogIn]
@@ -224,9 +262,12 @@ def parse_record(
         if validate is _validate_feedback_fast:
             return _feedback_rejection(topic, partition, offset, key, value)
         return Rejection(topic, partition, offset, key, value, *_describe(exc))
+    ts = _checked_ts(event.ts, config, timestamp_ms, now, not_after)
+    if type(ts) is tuple:
+        return Rejection(topic, partition, offset, key, value, *ts)
     if type(event) is not CatalogIn:
         assert isinstance(event, _FeedbackFast | FeedbackIn)
-        row = _feedback_row(event, topic, partition, offset, pseudonymize)
+        row = _feedback_row(event, ts, topic, partition, offset, pseudonymize)
         return Parsed("feedback", row, topic, partition, offset, key, value)
     row = {
         "item_id": event.item_id,
@@ -235,17 +276,17 @@ def parse_record(
         "category": event.category,
         "brand": event.brand,
         "attributes": event.attributes,
-        "ts": event.ts.astimezone(UTC),
+        "ts": ts,
     }
     return Parsed("catalog", row, topic, partition, offset, key, value)
 
 
-def _feedback_row(event: _FeedbackFast | FeedbackIn, topic: str, partition: int, offset: int,
+def _feedback_row(event: _FeedbackFast | FeedbackIn, ts: datetime, topic: str, partition: int, offset: int,
                   pseudonymize: Pseudonymizer) -> dict[str, Any]:
     session_id, user_id = event.session_id, event.user_id
     row = {
         "event_id": event.event_id,
-        "ts": event.ts.astimezone(UTC),
+        "ts": ts,
         "query": event.query,
         "item_id": event.item_id,
         "action": event.action,
@@ -261,6 +302,32 @@ def _feedback_row(event: _FeedbackFast | FeedbackIn, topic: str, partition: int,
         "offset": offset,
     }
     return row
+
+
+def future_limit(config: ParseConfig, timestamps_ms: Iterable[int], now: float) -> datetime:
+    """The latest `ts` that no record with one of `timestamps_ms` (negative: none) can refuse as future_ts:
+    a batch computes it once and passes it to `parse_record` as `not_after`."""
+    known = [t for t in timestamps_ms if t >= 0]
+    reference = min(now, min(known) / 1000) if known else now
+    return datetime.fromtimestamp(reference + config.max_future_skew_s, UTC)
+
+
+def _checked_ts(ts: datetime, config: ParseConfig, timestamp_ms: int | None, now: float | None,
+                not_after: datetime | None) -> Any:
+    """`ts` in UTC, or the (reason, message) of its rejection: out of range in UTC, or too far ahead."""
+    try:
+        ts = ts.astimezone(UTC)
+    except OverflowError:
+        return "schema:ts", "ts: out of range once converted to UTC"
+    if not_after is None or ts > not_after:
+        if now is None:
+            now = time.time()
+        reference = now if timestamp_ms is None or timestamp_ms < 0 else min(now, timestamp_ms / 1000)
+        ahead = ts.timestamp() - reference
+        if ahead > config.max_future_skew_s:
+            return "future_ts", (f"ts is {ahead:.0f}s ahead of the record's time "
+                                 f"(max_future_skew_s {config.max_future_skew_s:g})")
+    return ts
 
 
 # `Model.model_validate_json` without its per-call Python wrapper (same validator, same errors).

@@ -65,9 +65,14 @@ class ControlMessage:
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> ControlMessage:
-        """Parse and check a notice; ValueError names what is wrong."""
-        body = json.loads(raw)
+    def from_bytes(cls, raw: bytes | None) -> ControlMessage:
+        """Parse and check a notice; ValueError names what is wrong (a tombstone, nesting too deep, ...)."""
+        if raw is None:
+            raise ValueError("null value (tombstone)")
+        try:
+            body = json.loads(raw)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
         if not isinstance(body, dict):
             raise ValueError("control message is not a JSON object")
         action, version = body.get("action"), body.get("version")
@@ -146,7 +151,12 @@ class Reconciler:
     """Brings `scorer` to the registry's champion: on demand (`sync`) and every `interval_s` in a thread.
 
     A version that was refused is not retried before `retry_refused_s`, so a corrupt champion costs one
-    error line per period, not a reload every few seconds; the scorer keeps serving what it had.
+    error line per period, not a reload every few seconds; the scorer keeps serving what it had, and
+    says so in `scorer.degraded` (shown by `/readyz` and `ranktune_degraded{component="scorer"}`) until
+    it serves the champion again.
+
+    Each sync also reads when the champion last changed (`last_champion_change`, Unix seconds), so the
+    `/metrics` gauge built on it reads a value, not the database, at every scrape.
     """
 
     def __init__(self, engine: Engine, scorer: Scorer, *, interval_s: float, retry_refused_s: float | None = None):
@@ -159,6 +169,7 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._champion_seen: str | None = None
+        self.last_champion_change: float | None = None
         self.heartbeat = Heartbeat("reconciler")  # busy = one sync (a swap included)
 
     def sync(self, reason: str = "on demand", *, force: bool = False) -> str:
@@ -171,8 +182,11 @@ class Reconciler:
             with session_scope(self._engine) as s:
                 champion = registry.champion(session=s)
                 self._note_champion(s, champion)
+                changed = registry.last_champion_change(session=s)
+            self.last_champion_change = changed.timestamp() if changed is not None else None
             if champion == self._scorer.version:
                 self._scorer.metrics.reconciles.labels(outcome="unchanged").inc()
+                self._scorer.degraded = None
                 return champion
             refused_at = self._refused.get(champion)
             if refused_at is not None and not force and time.monotonic() - refused_at < self.retry_refused_s:
@@ -181,11 +195,13 @@ class Reconciler:
             log.info("reconcile (%s): champion is %s, serving %s: swapping", reason, champion, self._scorer.version)
             try:
                 result = self._scorer.swap_to(champion)
-            except SwapRefused:
+            except SwapRefused as exc:
                 self._refused[champion] = time.monotonic()
                 self._scorer.metrics.reconciles.labels(outcome="refused").inc()
+                self._scorer.degraded = f"champion {champion} cannot be served ({exc}); serving {self._scorer.version}"
                 raise
             self._refused.pop(champion, None)
+            self._scorer.degraded = None
             self._scorer.metrics.reconciles.labels(outcome="swapped").inc()
             log.info("now serving %s (swap took %.3fs)", champion, result.seconds)
             return champion
@@ -325,12 +341,16 @@ class ControlListener:
                 except Exception:
                     log.debug("closing the control consumer failed", exc_info=True)
 
-    def _handle(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+    def _handle(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
+        """Act on one notice; a malformed one is logged and skipped, and nothing in it ends the listener."""
         where = f"{topic}[{partition}]@{offset}"
         try:
             message = ControlMessage.from_bytes(value)
         except ValueError as exc:
             log.warning("ignoring malformed control message %s: %s", where, exc)
+            return
+        except Exception as exc:  # whatever else a hostile message can raise: the listener must go on
+            log.warning("ignoring malformed control message %s: %s: %s", where, type(exc).__name__, exc)
             return
         log.info("control %s: %s %s (from %s)", where, message.action, message.version, message.from_version)
         try:

@@ -29,8 +29,7 @@ from daemon.serving.api.app import create_app
 from daemon.serving.control import ControlListener, ControlMessage, ControlPublisher, Reconciler, registered_loader
 from daemon.serving.scorer import Scorer
 from daemon.settings import Settings
-from storage import registry
-from storage.db import ensure_schema, make_engine, session_scope
+from storage.db import ensure_schema, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ class ServeRole:
         try:
             engine = self._engine
             if engine is None:
-                engine = make_engine(s.storage.sqlalchemy_url)
+                engine = make_engine(s.storage.sqlalchemy_url, **s.storage.engine_options)
                 self._stack.callback(engine.dispose)
             ensure_schema(engine)
             scorer, reconciler = start_scorer(self._stack, s, engine, ranker=self._ranker, metrics=self.metrics)
@@ -113,8 +112,8 @@ class ServeRole:
                 self._stack.callback(self.listener.stop)
             self.metrics.add_gauge_source(
                 "ranktune_last_promotion_timestamp_seconds",
-                "Unix time the champion last changed (promotion or rollback), from the registry.",
-                lambda: _last_change(engine))
+                "Unix time the champion last changed (promotion or rollback), from the registry as of the last "
+                "reconcile.", lambda: reconciler.last_champion_change)
             app = create_app(settings=s, engine=engine, scorer=scorer, metrics=self.metrics, reconciler=reconciler,
                              publish=self.publisher.publish if self.publisher else None,
                              ingest_stats=self._ingest_stats, schedule=self._schedule,
@@ -171,9 +170,3 @@ class ServeRole:
         """Stop HTTP first (no new requests), then the listener, the reconcile and the scorer."""
         self._stack.close()
         log.info("serve role stopped")
-
-
-def _last_change(engine: Engine) -> float | None:
-    with session_scope(engine) as session:
-        ts = registry.last_champion_change(session=session)
-    return ts.timestamp() if ts is not None else None

@@ -110,6 +110,8 @@ class Scorer:
         self._stopping = False
         self._ready = False
         self._thread: threading.Thread | None = None
+        self.degraded: str | None = None
+        """Why the scorer does not serve the registry's champion (set by the reconciler), or None."""
         self.transitions: deque[tuple[float, str]] = deque([(time.monotonic(), BASE)], maxlen=10000)
         """(time.monotonic(), version) each time the served version changed; for tests and the bench."""
         self.metrics.set_active(BASE)

@@ -109,7 +109,7 @@ def _ranktune(settings: Settings, total: int, label: str) -> dict[str, Any]:
     # A full collection left pending by the set-up (generating and producing the records) costs ~0.1 s
     # and would land in whichever run happens to be going: collect it before each run instead.
     gc.collect()
-    engine = make_engine(settings.storage.sqlalchemy_url)
+    engine = make_engine(settings.storage.sqlalchemy_url, **settings.storage.engine_options)
     try:
         ensure_schema(engine)
         bound_sqlite_wait(engine, min(5.0, settings.kafka.max_poll_interval_ms / 4000))

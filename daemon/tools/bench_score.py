@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                                         "storage_artifacts_dir": Path(tmp) / "artifacts", "api_port": 0,
                                         "api_host": "127.0.0.1", "api_token": SecretStr(token),
                                         "api_max_items": max(settings.api.max_items, args.items)})
-        engine = make_engine(s.storage.sqlalchemy_url)
+        engine = make_engine(s.storage.sqlalchemy_url, **s.storage.engine_options)
         upgrade(engine)
         ranker = Ranker.load(s.model, s.lora, batch_size=s.scorer.max_batch)
         v1, v2 = (make_version(ranker, engine=engine, artifacts_dir=s.storage.artifacts_dir, seed=k) for k in (1, 2))

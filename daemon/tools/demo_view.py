@@ -90,7 +90,8 @@ class DemoView:
 
 def write_outputs(state: DemoState, app: Application, cfg: DemoConfig, settings: Settings) -> dict[str, Any]:
     """Write report.json and ndcg_drift.png; print the summary; return the report."""
-    engine = make_engine(settings.storage.sqlalchemy_url)  # the app's engine is disposed by now
+    # the app's engine is disposed by now
+    engine = make_engine(settings.storage.sqlalchemy_url, **settings.storage.engine_options)
     with session_scope(engine) as s:
         drift = [{"t": r.created_at.isoformat(), "psi": r.score_psi, "term_js": r.term_js,
                   "unseen_item": r.unseen_item_share, "unseen_term": r.unseen_term_share,

@@ -1,8 +1,9 @@
 """Malformed feedback records for `ranktune simulate --malformed-rate`: each one must be rejected.
 
 Every kind breaks the feedback schema in one way: not JSON, invalid UTF-8, an unknown action, a
-wrong type, a missing `event_id`, a message over 64 KiB, a time stamp without zone, a negative
-position, an empty query, or a JSON value that is not an object.
+wrong type, a missing `event_id`, a message over 64 KiB, a time stamp without zone, one that overflows
+in UTC or is an epoch-number string, one far in the future, a negative position, an empty query, or a
+JSON value that is not an object.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def _naive_ts(p: dict[str, Any], rng: random.Random) -> bytes:
     return _dump({**p, "ts": p["ts"][:26]})  # "YYYY-MM-DDTHH:MM:SS.ffffff" without the zone
 
 
+def _bad_ts(p: dict[str, Any], rng: random.Random) -> bytes:
+    # valid ISO-8601 whose UTC conversion overflows, or an epoch number written as a string
+    return _dump({**p, "ts": rng.choice(["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "1795000000"])})
+
+
+def _future_ts(p: dict[str, Any], rng: random.Random) -> bytes:
+    return _dump({**p, "ts": f"{rng.randrange(2100, 9000)}-01-01T00:00:00Z"})
+
+
 def _negative_position(p: dict[str, Any], rng: random.Random) -> bytes:
     return _dump({**p, "position": -rng.randrange(1, 10)})
 
@@ -82,6 +92,8 @@ MALFORMED_KINDS: dict[str, _Maker] = {
     "missing_event_id": _missing_event_id,
     "oversize": _oversize,
     "naive_ts": _naive_ts,
+    "bad_ts": _bad_ts,
+    "future_ts": _future_ts,
     "negative_position": _negative_position,
     "empty_query": _empty_query,
     "not_object": _not_object,

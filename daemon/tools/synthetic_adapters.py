@@ -49,7 +49,7 @@ def make_version(ranker: Ranker, *, engine: Engine, artifacts_dir: Path, seed: i
     """Write and register a synthetic version (`version` or the registry's next name); returns its name."""
     state, config = synthetic_state(ranker, seed)
     with session_scope(engine) as s:
-        name = version or registry.next_version_name(session=s)
+        name = version or registry.next_version_name(session=s, artifacts_dir=artifacts_dir)
         info = save_adapter(artifacts_dir, name, state, config, {"synthetic_seed": seed,
                                                                  "base_model": ranker.base.model_id})
         registry.add_version(session=s, version=AdapterVersion(

@@ -88,7 +88,7 @@ def _load_champion(settings: Settings, engine: Engine, ranker: Ranker) -> tuple[
     with session_scope(engine) as s:
         version = registry.champion(session=s)
         row = None if version == registry.BASE else registry.get_version(session=s, version=version)
-        candidate = registry.next_version_name(session=s)
+        candidate = registry.next_version_name(session=s, artifacts_dir=settings.storage.artifacts_dir)
     if row is None:
         return _Champion(version, None, None), candidate
     loaded = artifacts.load_adapter(settings.storage.artifacts_dir, version, expected_checksum=row.checksum)
@@ -173,7 +173,7 @@ def child_main(settings: Settings, run_id: int, trigger: str, stop: MpEvent, con
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_level, settings.log_format, role="trainer", run_id=run_id,
                       text_format=f"%(asctime)s %(levelname)s [train run {run_id}] %(name)s: %(message)s")
-    engine = make_engine(settings.storage.sqlalchemy_url)
+    engine = make_engine(settings.storage.sqlalchemy_url, **settings.storage.engine_options)
     try:
         outcome = run_cycle(settings, engine, run_id, trigger, should_stop=stop.is_set,
                             on_progress=lambda event: report(conn, Progress(event=event)))

@@ -4,14 +4,26 @@ The parent records the run row (status `running`) before it starts the child, re
 progress messages, and, if the child dies without reporting, marks the run failed and sweeps any
 half-written artifact folder. On shutdown the parent asks the child to stop at its next step (it then
 keeps nothing: no half-trained version is registered) and kills it after the grace period.
+
+The child dies with the daemon: on Linux it asks the kernel for SIGKILL when its parent dies
+(`prctl(PR_SET_PDEATHSIG)`), and everywhere a watchdog thread exits it once it has been re-parented,
+so a SIGKILLed daemon leaves no training behind. The run row the dead daemon left `running` is closed
+as failed ("interrupted") when the next scheduler starts (`close_interrupted_runs`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
@@ -25,8 +37,12 @@ from daemon.training.cycle import child_main
 from daemon.training.messages import CycleOutcome, Progress, parse
 from storage import registry
 from storage.db import session_scope
+from storage.models import TrainingRun, utcnow
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+INTERRUPTED = "interrupted: the process that ran it ended before the run finished"
 
 # spawn, not fork: the daemon has threads (Kafka IO, uvicorn, the scorer) that fork would copy mid-state.
 _CTX = mp.get_context("spawn")
@@ -52,13 +68,15 @@ class TrainerProcess:
             grace_s: float | None = None) -> CycleOutcome:
         """Run one cycle; blocks until the child is done. Never raises for a failed training."""
         with session_scope(self._engine) as s:
-            run_id = registry.start_run(session=s, trigger=trigger).id
+            run = registry.start_run(session=s, trigger=trigger)
+            run.metrics = {"owner": owner_tag()}  # lets the next start-up tell an interrupted run from a live one
+            run_id = run.id
         assert run_id is not None
         self._stop.clear()
         parent_conn, child_conn = _CTX.Pipe(duplex=False)
         proc = _CTX.Process(
-            target=self._target, name=f"ranktune-train-{run_id}",
-            args=(self._settings, run_id, trigger, self._stop, child_conn),
+            target=child_entry, name=f"ranktune-train-{run_id}",
+            args=(self._target, os.getpid(), self._settings, run_id, trigger, self._stop, child_conn),
         )
         log.info("training run %d (%s) starting in a child process", run_id, trigger)
         proc.start()
@@ -108,3 +126,76 @@ class TrainerProcess:
                         proc.join()
                     return result
 
+
+
+# --- the child dies with its parent ----------------------------------------------------------------
+def child_entry(target: ChildTarget, parent_pid: int, settings: Settings, run_id: int, trigger: str,
+                stop: MpEvent, conn: Connection) -> None:
+    """The child process's first frame: tie its life to `parent_pid`, then run `target`."""
+    die_with_parent(parent_pid)
+    target(settings, run_id, trigger, stop, conn)
+
+
+def die_with_parent(parent_pid: int, *, poll_s: float = 1.0) -> None:
+    """Make this process exit when `parent_pid` dies: PR_SET_PDEATHSIG on Linux, and a watchdog thread
+    that notices the re-parenting (any POSIX system, and Linux's case of the parent's thread ending)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as exc:
+            log.warning("prctl unavailable (%s); the watchdog thread alone ties the child to the daemon", exc)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        log.error("the daemon (pid %d) is gone: the training child exits", parent_pid)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ranktune-parent-watch", daemon=True).start()
+
+
+# --- run rows left `running` ---------------------------------------------------------------------
+def owner_tag() -> str:
+    """`host:pid` of this process, recorded with each run it starts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_interrupted(run: TrainingRun, *, max_age_s: float) -> bool:
+    """True when no process can still be running `run`: its owner on this host is gone (or is this very
+    process, which has started nothing yet), or, for an owner elsewhere or unknown, it started longer
+    than `max_age_s` ago."""
+    owner = (run.metrics or {}).get("owner")
+    host, _, pid = str(owner).rpartition(":") if owner else ("", "", "")
+    if host == socket.gethostname() and pid.isdigit():
+        return int(pid) == os.getpid() or not _pid_alive(int(pid))
+    started = run.started_at if run.started_at.tzinfo is not None else run.started_at.replace(tzinfo=UTC)
+    return utcnow() - started > timedelta(seconds=max_age_s)
+
+
+def close_interrupted_runs(engine: Engine, settings: Settings) -> list[int]:
+    """Mark the `running` rows that no process is running any more as failed ("interrupted"); returns
+    their ids. Run by the scheduler role at start-up."""
+    max_age_s = settings.train.max_seconds + settings.shutdown_grace_s + 300
+    closed: list[int] = []
+    with session_scope(engine) as s:
+        for run in registry.recent_runs(session=s, limit=1000, statuses=["running"]):
+            if run.id is not None and is_interrupted(run, max_age_s=max_age_s):
+                registry.finish_run(session=s, run_id=run.id, status="failed", error=INTERRUPTED)
+                closed.append(run.id)
+    for run_id in closed:
+        log.warning("training run %d was left running by a process that ended: closed as failed", run_id)
+    return closed

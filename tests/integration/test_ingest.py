@@ -17,6 +17,8 @@ from kafka import TopicPartition
 from sqlalchemy import text
 
 from daemon.ingest.consumer import Ingestor
+from daemon.ingest.deadletter import redact_personal
+from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.ingest.writer import bound_sqlite_wait
 from storage.db import ensure_schema, make_engine
 from tests.fixtures.db import _pg_admin
@@ -52,12 +54,14 @@ def test_ingest_stores_valid_events_dead_letters_bad_ones_and_stops_on_sigterm(b
     catalog = {r.payload["item_id"] for r in records if r.kind == "catalog" and r.payload}
     assert {r[0] for r in case.query("select item_id from catalog_items")} == catalog
 
-    # every malformed record is dead-lettered exactly once, with its original bytes, key and reason
+    # every malformed record is dead-lettered exactly once, with its original bytes (personal ids replaced by
+    # the pseudonyms storage keeps), key and reason
     dead = case.topic_records(case.settings.kafka.deadletter_topic, len(bad))
     assert len(dead) == len(bad)
+    pseudonymize = Pseudonymizer(case.settings.ingest.pseudonym_key)
     wanted: dict[tuple[bytes, bytes | None], list] = defaultdict(list)
     for r in bad:
-        wanted[r.value, r.key].append(r)
+        wanted[redact_personal(r.value, pseudonymize)[0], r.key].append(r)
     for d in dead:
         headers = {k: v.decode() for k, v in d.headers}
         assert headers["source_topic"] == case.settings.kafka.feedback_topic
@@ -66,12 +70,14 @@ def test_ingest_stores_valid_events_dead_letters_bad_ones_and_stops_on_sigterm(b
         original = wanted[d.value, d.key].pop()  # IndexError: a dead letter that was never produced
         assert headers["reason"].startswith(DEFECT_REASONS[original.defect]), (original.defect, headers)
     assert not any(wanted.values())
+    users = {r.payload["user_id"] for r in records if r.kind == "feedback" and r.payload}
+    assert not any(f'"{u}"'.encode() in d.value for d in dead for u in users)  # raw user ids never reach the topic
+    assert sum(b"user_id" in dict(d.headers).get("redacted", b"") for d in dead) > len(bad) // 2
 
     proc.signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, proc.log()[-3000:]
     assert "ingest stopped: consumed=" in proc.log()
     assert case.committed() == case.next_offsets()  # everything consumed is committed
-    users = {r.payload["user_id"] for r in records if r.kind == "feedback" and r.payload}
     assert not any(u in proc.log() for u in users)  # raw user ids are never logged
 
 
@@ -224,3 +230,54 @@ def test_database_outage_pauses_without_committing_and_loses_nothing(broker, eng
     assert any("partitions resumed" in m for m in messages)
     assert not any("partitions revoked" in m for m in messages), messages  # the member stayed in the group
 
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_letter_refused_for_good_stops_ingest_without_committing(broker, tmp_path, ingest_case, monkeypatch):
+    """#14: a non-retriable dead-letter error must not let the batch commit (the record would be lost)."""
+    from kafka.errors import TopicAuthorizationFailedError
+
+    from daemon.errors import DeadLetterFailed
+    from daemon.ingest.deadletter import DeadLetterPublisher
+    from daemon.ingest.events import Rejection
+
+    case = ingest_case(broker.bootstrap, f"sqlite:///{tmp_path / 'dl.db'}")
+    engine = make_engine(case.settings.storage.sqlalchemy_url)
+    ensure_schema(engine)
+    records = simulate(200, seed=41)
+    case.create_topics()
+    case.produce(records)
+
+    refuse = threading.Event()
+    real_submit = DeadLetterPublisher.submit
+
+    def submit(self: DeadLetterPublisher, rejects: list[Rejection]) -> list:
+        if refuse.is_set():  # what the broker answers for a topic this client may not write
+            return [(r, TopicAuthorizationFailedError()) for r in rejects]
+        return real_submit(self, rejects)
+
+    monkeypatch.setattr(DeadLetterPublisher, "submit", submit)
+    ing = Ingestor(case.settings, engine)
+    thread = threading.Thread(target=ing.heartbeat.guard(ing.run), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: case.stored_ids() >= valid_ids(records), 60, "the first events stored")
+        committed = wait_until(lambda: (c := case.committed()) == case.next_offsets() and c, 20, "commits")
+        refuse.set()
+        poison = simulate(50, seed=42, malformed_rate=0.2)
+        case.produce(poison)
+        thread.join(60)
+        assert not thread.is_alive(), "the loop went on after a dead letter was refused for good"
+        status = ing.heartbeat.status(0.0)
+        assert status.state == "dead" and DeadLetterFailed.__name__ in (status.reason or ""), status
+        assert case.committed() == committed  # nothing committed past the refused record
+    finally:
+        ing.stop()
+        thread.join(10)
+    refuse.clear()
+    # after the restart, with the dead-letter topic writable again, the poison is dead-lettered and committed
+    with _ingestor(case, engine):
+        wait_until(lambda: case.committed() == case.next_offsets(), 60, "commits after the restart")
+    assert case.stored_ids() == valid_ids(records) | valid_ids(poison)
+    bad = [r for r in poison if r.kind == "malformed"]
+    assert len(case.topic_records(case.settings.kafka.deadletter_topic, len(bad))) >= len(bad)

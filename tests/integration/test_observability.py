@@ -97,6 +97,7 @@ def test_every_role_exports_what_the_alerts_and_the_dashboard_use(broker: Embedd
                                                                   tmp_path: Path):
     case = ingest_case(broker.bootstrap, f"sqlite:///{tmp_path / 'ranktune.db'}", api_port=free_port(),
                        storage_artifacts_dir=tmp_path / "artifacts", retrain_interval_s=3600, drift_interval_s=3600,
+                       scorer_reconcile_interval_s=3600,  # no periodic sync resets the degraded note set below
                        kafka_control_topic=f"{tmp_path.name[-20:]}.control",
                        **{f"model_{k}": v for k, v in SPEC_KW.items()})
     case.create_topics()

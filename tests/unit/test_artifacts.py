@@ -102,7 +102,8 @@ def test_versions_are_immutable(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-@pytest.mark.parametrize("name", ["v1", "../v0001", "v0001/x", "V0001", "v0001 ", "", "latest", "v00a1"])
+@pytest.mark.parametrize("name", ["v1", "../v0001", "v0001/x", "V0001", "v0001 ", "", "latest", "v00a1",
+                                  "v0001\n", "v0001\r\n", "v\u0661\u0662\u0663\u0664", "v000\uff11", "\nv0001"])
 def test_bad_version_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidVersionName):
         validate_version_name(name)

@@ -236,3 +236,60 @@ def test_a_backslash_before_u0000_is_text_not_a_nul() -> None:
     out = parse(FEEDBACK | {"query": "path\\u0000x"})  # JSON "path\\u0000x": a backslash, then "u0000x"
     assert isinstance(out, Parsed) and out.row["query"] == "path\\u0000x"
     assert rejected(FEEDBACK | {"query": "path\u0000x"}).reason == "schema:query"
+
+
+# --- timestamps: out of range in UTC, epoch numbers, the far future (#14) ---------------------------------
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                                "0001-01-01T00:59:59.999999+01:00"])
+@pytest.mark.parametrize("topic", ["fb", "cat"])
+def test_a_ts_that_overflows_in_utc_is_rejected_not_raised(ts: str, topic: str) -> None:
+    base = FEEDBACK if topic == "fb" else CATALOG
+    out = rejected(base | {"ts": ts}, topic)
+    assert out.reason == "schema:ts" and "out of range" in out.message
+
+
+def test_the_extremes_that_do_exist_in_utc_are_accepted() -> None:
+    low = parse(FEEDBACK | {"ts": "0001-01-01T00:00:00+00:00"})
+    assert isinstance(low, Parsed) and low.row["ts"] == datetime(1, 1, 1, tzinfo=UTC)
+    out = parse_record("fb", 0, 0, None, json.dumps(FEEDBACK | {"ts": "9999-12-31T23:59:59+01:00"}).encode(),
+                       config=CFG, pseudonymize=KEY, now=NOW)
+    assert isinstance(out, Rejection) and out.reason == "future_ts"  # exists, but far ahead
+
+
+@pytest.mark.parametrize("ts", ["1795000000", "1795000000.5", "-1", "0", " 1795000000", "1795000000Z",
+                                "17950000000000"])
+def test_epoch_number_strings_are_not_timestamps(ts: str) -> None:
+    out = rejected(FEEDBACK | {"ts": ts})
+    assert out.reason == "schema:ts" and "ISO-8601" in out.message
+
+
+def _at(ts: str, *, timestamp_ms: int | None, topic: str = "fb", skew: float = 3600.0) -> Parsed | Rejection:
+    config = ParseConfig("fb", "cat", 65536, max_future_skew_s=skew)
+    base = FEEDBACK if topic == "fb" else CATALOG
+    return parse_record(topic, 0, 5, None, json.dumps(base | {"ts": ts}).encode(), config=config,
+                        pseudonymize=KEY, timestamp_ms=timestamp_ms, now=NOW)
+
+
+@pytest.mark.parametrize("topic", ["fb", "cat"])
+def test_a_ts_too_far_ahead_of_the_record_is_rejected(topic: str) -> None:
+    broker_ms = int(datetime(2026, 11, 27, 10, 0, tzinfo=UTC).timestamp() * 1000)  # 2 h before `now`
+    assert isinstance(_at("2026-11-27T10:59:00Z", timestamp_ms=broker_ms, topic=topic), Parsed)
+    far = _at("2026-11-27T11:01:00Z", timestamp_ms=broker_ms, topic=topic)  # 61 min after the broker's time
+    assert isinstance(far, Rejection) and far.reason == "future_ts" and "3660s ahead" in far.message
+    assert far.value is not None and b"2026-11-27T11:01:00Z" in far.value  # original bytes kept
+    # without a broker timestamp (or -1, none), `now` is the reference
+    assert isinstance(_at("2026-11-27T12:59:00Z", timestamp_ms=None, topic=topic), Parsed)
+    assert isinstance(_at("2026-11-27T13:01:00Z", timestamp_ms=-1, topic=topic), Rejection)
+    # a producer's CreateTime in the future does not move the reference past `now`
+    future_ms = int(datetime(2030, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    assert _at("2029-12-31T23:00:00Z", timestamp_ms=future_ms, topic=topic).reason == "future_ts"  # type: ignore[union-attr]
+
+
+def test_the_skew_is_a_setting_and_old_events_always_pass() -> None:
+    assert ParseConfig.from_settings(Settings.load(ingest_max_future_skew_s=5)).max_future_skew_s == 5
+    assert isinstance(_at("2026-11-27T12:00:04Z", timestamp_ms=None, skew=5), Parsed)
+    assert isinstance(_at("2026-11-27T12:00:06Z", timestamp_ms=None, skew=5), Rejection)
+    assert isinstance(_at("2020-01-01T00:00:00Z", timestamp_ms=None, skew=0), Parsed)

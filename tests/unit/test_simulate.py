@@ -7,7 +7,7 @@ import json
 import random
 import time
 from collections import Counter, defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,11 @@ def _aware(ts: Any) -> datetime:
     assert isinstance(ts, str)
     parsed = datetime.fromisoformat(ts)
     assert parsed.tzinfo is not None and parsed.utcoffset() is not None
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:
+        raise AssertionError(f"{ts} does not exist in UTC") from None
+    assert utc < datetime(2100, 1, 1, tzinfo=UTC)  # not far in the future
     return parsed
 
 

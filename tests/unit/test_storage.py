@@ -101,6 +101,24 @@ def _version(s, name: str) -> None:
         checksum="0" * 64, created_at=T0))
 
 
+def test_next_version_name_skips_orphan_artifact_folders(engine, tmp_path):
+    """#14: a crash between the artifact rename and the registry insert leaves a folder; the next name must
+    not collide with it (it used to be the row count + 1)."""
+    artifacts = tmp_path / "artifacts"
+    with session_scope(engine) as s:
+        assert registry.next_version_name(session=s, artifacts_dir=artifacts) == "v0001"  # no folder yet
+        for v in ("v0001", "v0002"):
+            _version(s, v)
+        artifacts.mkdir()
+        for name in ("v0001", "v0002", "v0003", ".tmp-v0009-x", "v0007.bak", "notes"):  # v0003: the orphan
+            (artifacts / name).mkdir()
+        assert registry.next_version_name(session=s, artifacts_dir=artifacts) == "v0004"
+        (artifacts / "v0010").mkdir()
+        assert registry.next_version_name(session=s, artifacts_dir=artifacts) == "v0011"
+        _version(s, "v0012")  # a gap in the rows (e.g. v0011's folder was swept) still counts from the highest
+        assert registry.next_version_name(session=s) == "v0013"
+
+
 def test_registry_promote_and_rollback_follow_history(engine):
     with session_scope(engine) as s:
         assert registry.champion(session=s) == "base"
@@ -139,3 +157,100 @@ def test_registry_refuses_unknown_and_repeated_promotion(engine):
         registry.promote(session=s, version="v0001", actor="x")
         with pytest.raises(InvalidTransition):
             registry.promote(session=s, version="v0001", actor="x")
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_postgres_connect_timeout_gives_up_on_a_server_that_never_answers() -> None:
+    """#14: a black-holed database must fail the caller (who backs off and retries), not hang its loop."""
+    import socket
+
+    from sqlalchemy.exc import OperationalError
+
+    from storage.db import make_engine
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nothing ever answers the startup packet
+    port = silent.getsockname()[1]
+    engine = make_engine(f"postgresql://u@127.0.0.1:{port}/db", connect_timeout_s=2)
+    try:
+        with pytest.raises(OperationalError, match="timeout"):
+            engine.connect()
+    finally:
+        engine.dispose()
+        silent.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_postgres_statement_timeout_cancels_a_stuck_statement(db_url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from daemon.settings import Settings
+    from storage.db import make_engine
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only (SQLite has its busy timeout)")
+    storage = Settings.load(storage_database_url=db_url, storage_statement_timeout_ms=300).storage
+    engine = make_engine(storage.sqlalchemy_url, **storage.engine_options)
+    try:
+        with engine.connect() as c:
+            assert c.execute(text("show statement_timeout")).scalar_one() == "300ms"
+            with pytest.raises(OperationalError, match="statement timeout"):
+                c.execute(text("select pg_sleep(30)"))
+    finally:
+        engine.dispose()
+    assert Settings.load().storage.engine_options == {"connect_timeout_s": 10, "statement_timeout_ms": 120_000}
+
+
+def test_racing_promotes_and_rollbacks_leave_exactly_one_champion(engine):
+    """#14 (verifies main's compare-and-set): 8 threads promote, roll back and auto-promote at random; one
+    champion afterwards, its row the only one with status champion, and one audit row per action that
+    took effect."""
+    import random
+    import threading
+
+    from daemon.training.promotion import promote, rollback
+    from storage.errors import ChampionChanged
+    from storage.models import AuditLog
+
+    names = [f"v{i:04d}" for i in range(1, 7)]
+    with session_scope(engine) as s:
+        for v in names:
+            _version(s, v)
+    applied: list[str] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(12):
+            try:
+                if rng.random() < 0.3:
+                    rollback(engine=engine, actor=f"t{seed}")
+                else:
+                    with session_scope(engine) as s:
+                        seen = registry.champion(session=s)
+                    target = rng.choice(names)
+                    expected = seen if rng.random() < 0.5 else None  # auto-promote expects what it gated against
+                    promote(engine=engine, version=target, actor=f"t{seed}", expected=expected)
+            except (ChampionChanged, InvalidTransition):
+                continue
+            with lock:
+                applied.append(f"t{seed}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert applied
+    with session_scope(engine) as s:
+        champion = registry.champion(session=s)
+        rows = s.execute(text("select version from adapter_versions where status = 'champion'")).scalars().all()
+        assert list(rows) == ([] if champion == "base" else [champion])
+        actions = s.execute(text("select count(*) from audit_log where action in ('promote', 'rollback')")).scalar()
+        assert actions == len(applied)
+        last = s.query(AuditLog).order_by(AuditLog.id.desc()).first()
+        assert last is not None and (last.to_version or "base") == champion

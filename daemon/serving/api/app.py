@@ -13,6 +13,7 @@ from daemon.serving.api.deps import ApiContext, BodySizeLimit, RequestMetrics
 from daemon.serving.api.errors import install_error_handlers
 from daemon.serving.api.routes import adapters, health, history, ingest, score, status
 from daemon.serving.api.routes.console import mount_console
+from daemon.serving.catalog import CatalogTexts
 from daemon.serving.control import Reconciler
 from daemon.serving.scorer import Scorer
 from daemon.settings import Settings
@@ -39,9 +40,10 @@ def create_app(
     """
     app = FastAPI(title="ranktune", version="0.1.0",
                   description="Live ranking scores from the champion adapter, and operator actions.")
+    catalog = CatalogTexts(engine, max_items=settings.api.catalog_cache_items, ttl_s=settings.api.catalog_cache_ttl_s)
     app.state.ctx = ApiContext(settings=settings, engine=engine, scorer=scorer, metrics=metrics,
                                reconciler=reconciler, publish=publish, ingest_stats=ingest_stats,
-                               control_state=control_state, schedule=schedule)
+                               control_state=control_state, schedule=schedule, catalog=catalog)
     if ingest_stats is not None:
         metrics.add_ingest_source(ingest_stats)
     install_error_handlers(app)

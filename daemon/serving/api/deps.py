@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from daemon.errors import AuthError
 from daemon.metrics import Metrics
 from daemon.serving.api.errors import OperatorDisabled, error_body
+from daemon.serving.catalog import CatalogTexts
 from daemon.serving.control import Reconciler
 from daemon.serving.scorer import Scorer
 from daemon.settings import Settings
@@ -42,6 +43,7 @@ class ApiContext:
     ingest_stats: Callable[[], Mapping[str, Any]] | None = None
     control_state: Callable[[], str] | None = None  # the control listener's state, shown by /readyz
     schedule: Callable[[], Mapping[str, Any]] | None = None  # next runs, training in progress (scheduler role)
+    catalog: CatalogTexts | None = None  # texts of items sent without one (built by `create_app`)
 
 
 def get_ctx(request: Request) -> ApiContext:

@@ -1,34 +1,25 @@
-"""`POST /v1/score`: rank items for a query with the served adapter version."""
+"""`POST /v1/score`: rank items for a query with the served adapter version.
+
+It reads no database when every item has its `text`; items without one come from the catalog cache
+(`daemon.serving.catalog`), which keeps answering for known items while the database is away."""
 
 # No `from __future__ import annotations`: FastAPI must resolve the request models defined inside
 # `build_router` from real annotations, not from strings it cannot look up.
 
 import asyncio
 import time
-from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
-from adapters.product_text import product_text
 from daemon.serving.api.deps import ApiContext, get_ctx
 from daemon.serving.api.errors import UnknownItems
 from daemon.serving.api.schemas import ScoredItem, ScoreResponse, Timing
 from daemon.serving.explore import Explorer
 from daemon.serving.scorer import ScoreTimeout
 from daemon.settings import Settings
-from storage import events_repo
-from storage.db import session_scope
-
-
-def catalog_texts(engine: Engine, item_ids: Sequence[str]) -> dict[str, str]:
-    """Catalog texts of `item_ids`, built by the same `product_text` as training texts."""
-    with session_scope(engine) as s:
-        items = events_repo.catalog_items(session=s, item_ids=list(item_ids))
-        return {item_id: product_text(item.model_dump()) for item_id, item in items.items()}
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -73,7 +64,8 @@ def build_router(settings: Settings) -> APIRouter:
         texts = {i.item_id: i.text for i in body.items if i.text is not None}
         missing = [i.item_id for i in body.items if i.text is None]
         if missing:
-            known = await run_in_threadpool(catalog_texts, ctx.engine, missing)
+            assert ctx.catalog is not None
+            known = await run_in_threadpool(ctx.catalog.lookup, missing)
             unknown = [m for m in missing if m not in known]
             if unknown:
                 raise UnknownItems(f"{len(unknown)} item(s) have no text and are not in the catalog: {unknown[:5]}")

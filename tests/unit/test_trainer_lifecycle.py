@@ -1,0 +1,114 @@
+"""#14: a training child dies with a SIGKILLed daemon, and the run row it left `running` is closed as failed
+("interrupted") by the next start-up, while a run some live process still owns is left alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from daemon.settings import Settings
+from daemon.training.trainer_process import INTERRUPTED, close_interrupted_runs
+from storage import registry
+from storage.db import make_engine, session_scope, upgrade
+from storage.models import TrainingRun, utcnow
+from tests.fixtures.ingest import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DAEMON = """
+import sys
+from daemon.settings import Settings
+from daemon.training.trainer_process import TrainerProcess
+from storage.db import make_engine
+from tests.unit.training_targets import sleep_forever
+settings = Settings.load(storage_database_url=sys.argv[1], storage_artifacts_dir=sys.argv[2])
+TrainerProcess(settings, make_engine(sys.argv[1]), target=sleep_forever).run("manual")
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a re-parented child may wait for a reaper that never comes in a container)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> tuple[str, Engine, Settings]:
+    url = f"sqlite:///{tmp_path / 'train.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    (tmp_path / "artifacts").mkdir()
+    return url, engine, Settings.load(storage_database_url=url, storage_artifacts_dir=tmp_path / "artifacts")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.slow  # the daemon and its child import the training stack (torch): about a minute on 2 cores
+@pytest.mark.timeout(240)
+def test_a_training_child_dies_with_a_sigkilled_daemon(db: tuple[str, Engine, Settings], tmp_path: Path) -> None:
+    url, engine, settings = db
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    daemon = subprocess.Popen([sys.executable, "-c", DAEMON, url, str(tmp_path / "artifacts")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = 0
+    try:
+        pid_file = wait_until(lambda: next((tmp_path / "artifacts").glob("child-*.pid"), None), 60,
+                              "the training child to start")
+        child = int(wait_until(pid_file.read_text, 10, "its pid"))
+        assert _running(child)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        wait_until(lambda: not _running(child), 15, "the orphaned training child to exit")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        if child and _running(child):
+            os.kill(child, signal.SIGKILL)  # the test started it: never leave it behind
+    with session_scope(engine) as s:
+        (run,) = registry.recent_runs(session=s, statuses=["running"])
+        assert run.metrics["owner"] == f"{socket.gethostname()}:{daemon.pid}"
+    assert close_interrupted_runs(engine, settings) == [run.id]
+    with session_scope(engine) as s:
+        closed = s.get(TrainingRun, run.id)
+        assert closed is not None and closed.status == "failed" and closed.error == INTERRUPTED
+        assert closed.finished_at is not None
+
+
+def test_only_runs_no_process_can_still_be_running_are_closed(db: tuple[str, Engine, Settings]) -> None:
+    _, engine, settings = db
+    host = socket.gethostname()
+    owners = {
+        "dead_here": f"{host}:{2**22 + 12345}",  # above any pid_max default: no such process
+        "mine": f"{host}:{os.getpid()}",  # this process has started nothing yet: a predecessor's row
+        "alive_here": f"{host}:{os.getppid()}",  # a live process on this host (e.g. `ranktune train`)
+        "elsewhere_recent": "other-host:77",
+        "elsewhere_old": "other-host:78",
+        "unknown_old": None,
+    }
+    ids: dict[str, int] = {}
+    with session_scope(engine) as s:
+        for name, owner in owners.items():
+            run = registry.start_run(session=s, trigger="manual")
+            run.metrics = {"owner": owner} if owner else {}
+            if name.endswith("_old"):
+                run.started_at = utcnow() - timedelta(seconds=settings.train.max_seconds + settings.shutdown_grace_s
+                                                      + 301)
+            assert run.id is not None
+            ids[name] = run.id
+        done = registry.start_run(session=s, trigger="manual", status="succeeded")
+    closed = close_interrupted_runs(engine, settings)
+    assert sorted(closed) == sorted(ids[n] for n in ("dead_here", "mine", "elsewhere_old", "unknown_old"))
+    with session_scope(engine) as s:
+        assert {r.id for r in registry.recent_runs(session=s, statuses=["running"])} == {
+            ids["alive_here"], ids["elsewhere_recent"]}
+        assert s.get(TrainingRun, done.id).status == "succeeded"  # type: ignore[union-attr]

@@ -1,0 +1,17 @@
+"""Training-child entry points for the life-cycle tests (spawn imports this module by name)."""
+
+from __future__ import annotations
+
+import os
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
+
+from daemon.settings import Settings
+
+
+def sleep_forever(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
+    """A training that never ends by itself: writes its pid, then waits (ignoring the stop event)."""
+    (settings.storage.artifacts_dir / f"child-{run_id}.pid").write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.5)
