@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import random
 import signal
+from collections.abc import Callable
 
 import pytest
 
-from tests.fixtures.ingest import simulate, valid_ids, wait_until
+from daemon.tools.broker import EmbeddedBroker
+from tests.fixtures.ingest import IngestCase, simulate, valid_ids, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.broker, pytest.mark.postgres]
 
@@ -18,7 +20,9 @@ SEED = 1414
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_at_ten_random_points_loses_and_duplicates_nothing(broker, pg_url, ingest_case):
+def test_sigkill_at_ten_random_points_loses_and_duplicates_nothing(
+    broker: EmbeddedBroker, pg_url: str, ingest_case: Callable[..., IngestCase],
+) -> None:
     case = ingest_case(broker.bootstrap, pg_url)
     records = simulate(N_EVENTS, seed=SEED)
     expected = valid_ids(records)
