@@ -1,6 +1,6 @@
-"""Fault-injection fixtures: a tansu broker and a PostgreSQL database that clients reach only through
-TCP proxies (tansu advertises its proxy's address, so reconnects after metadata go through it too),
-and `ranktune serve` replicas as real processes."""
+"""Fault-injection fixtures, package scope (one set for all of tests/faults): a tansu broker and a
+PostgreSQL database that clients reach only through TCP proxies (tansu advertises its proxy's address,
+so reconnects after metadata go through it too), and two `ranktune serve` replicas as real processes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from daemon.tools.broker import EmbeddedBroker
 from storage.db import make_engine, upgrade
+from tests.faults.serve import Replica, start_replicas, stop_replicas
 from tests.fixtures.db import PG_SERVER_URL, _new_pg_database, pg_available
 from tests.fixtures.proxy import TcpProxy
 
@@ -55,7 +56,7 @@ def start_proxied_broker(log: Path) -> ProxiedBroker:
     return ProxiedBroker(broker, proxy)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def proxied_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxiedBroker]:
     pb = start_proxied_broker(tmp_path_factory.mktemp("tansu-proxied") / "tansu.log")
     try:
@@ -65,7 +66,7 @@ def proxied_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied
         pb.broker.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def proxied_pg() -> Iterator[ProxiedPostgres]:
     """A fresh PostgreSQL database at the current schema, and a proxy in front of it."""
     _require_pg()
@@ -94,3 +95,20 @@ def pg_url() -> Iterator[str]:
         yield url
     finally:
         drop()
+
+
+@pytest.fixture(scope="package")
+def stack_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="package")
+def replicas(proxied_broker: ProxiedBroker, proxied_pg: ProxiedPostgres, stack_artifacts: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
+    tmp = tmp_path_factory.mktemp("replicas")
+    reps = start_replicas(2, tmp, database_url=proxied_pg.url, bootstrap=proxied_broker.bootstrap,
+                          artifacts_dir=stack_artifacts)
+    try:
+        yield reps
+    finally:
+        stop_replicas(reps)
