@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.scoring",
     "tests.fixtures.training",
     "tests.fixtures.history",
+    "tests.fixtures.proxy",
 ]

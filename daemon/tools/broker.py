@@ -23,8 +23,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """Runs `tansu broker` on a loopback port; `start()` waits until it accepts connections."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None,
+                 advertised: str | None = None) -> None:
+        """`advertised` ("host:port") is the address clients are told to use after bootstrap (default:
+        the listener's); fault tests put a proxy there."""
         self.host = host
+        self.advertised = advertised
         self.port = port or free_port(host)
         self.log_file = log_file
         self._proc: subprocess.Popen[bytes] | None = None
@@ -44,7 +48,8 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url",
+             f"tcp://{self.advertised}" if self.advertised else url,
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -38,7 +38,8 @@ from storage.models import DriftReport, TrainingRun
 router = APIRouter(prefix="/v1", tags=["history"], dependencies=[Depends(require_operator)])
 
 Limit = Query(50, ge=1, le=500, description="Most rows in one page.")
-Before = Query(None, ge=1, description="Cursor: the `next_before` of the previous page.")
+ID_MAX = 2**63 - 1  # the databases' BIGINT: a larger id is a 422, not an overflow (500)
+Before = Query(None, ge=1, le=ID_MAX, description="Cursor: the `next_before` of the previous page.")
 RETRAIN_PREFIX = "retrain requested: "
 
 
@@ -88,7 +89,7 @@ def list_runs(limit: int = Limit, before: int | None = Before,
 
 @router.get("/runs/{run_id}", response_model=RunDetailOut,
             summary="One training run with its training curve (holdout NDCG@10 per evaluation, best step)")
-def show_run(run_id: int, ctx: ApiContext = Depends(get_ctx)) -> RunDetailOut:
+def show_run(run_id: int = Path(ge=1, le=ID_MAX), ctx: ApiContext = Depends(get_ctx)) -> RunDetailOut:
     with session_scope(ctx.engine) as s:
         return run_detail(registry.get_run(session=s, run_id=run_id))
 

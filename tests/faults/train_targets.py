@@ -1,0 +1,20 @@
+"""Training-child entry points for the fault tests (spawn pickles them by name; the child imports this)."""
+
+from __future__ import annotations
+
+import resource
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
+
+from daemon.settings import Settings
+
+FSIZE_LIMIT = 64 * 1024  # bytes: less than one adapter's weights
+
+
+def disk_full(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
+    """A real training cycle in a child that cannot write a file past FSIZE_LIMIT bytes (RLIMIT_FSIZE): the
+    artifact write fails with EFBIG as it would with ENOSPC on a full disk (Python ignores SIGXFSZ)."""
+    from daemon.training import cycle
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
+    cycle.child_main(settings, run_id, trigger, stop, conn)
