@@ -54,8 +54,6 @@ def test_full_artifacts_disk_fails_cleanly_and_the_next_run_succeeds(
     stocked.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason="#14 finding Medium (artifact folder before its registry row), "
-                                       "fixed on branch reliab")
 def test_a_crash_between_artifact_rename_and_registry_insert_does_not_block_the_next_training(
     stocked: Engine, pg_url: str, training_settings: Callable[..., Settings],
 ) -> None:

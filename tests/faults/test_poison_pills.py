@@ -1,6 +1,6 @@
 """Poison pills on the feedback and catalog topics (a real `ranktune ingest`) and on the control topic
 (a real `ControlListener`): every pill is dead-lettered (control: ignored with a log line) and the
-stream behind it keeps flowing. Pills whose fix is audit finding work (#14) are marked xfail(strict)."""
+stream behind it keeps flowing. """
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from tests.fixtures.ingest import IngestCase, simulate, valid_ids, wait_until
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.broker]
 
 Pill = tuple[str, str, bytes | None]  # (topic kind, pill id, value)
-FIXED_ON_RELIAB = "#14 finding {}, fixed on branch reliab"
 
 
 def _feedback(ts: str) -> tuple[str, dict[str, Any]]:
@@ -86,10 +85,9 @@ def _send(bootstrap: str, pills: list[Pill], topics: dict[str, str]) -> None:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("pill_set", [
     "hostile_bytes",
-    pytest.param("overflow_ts", marks=pytest.mark.xfail(strict=True, reason=FIXED_ON_RELIAB.format("High"))),
-    pytest.param("epoch_ts", marks=pytest.mark.xfail(strict=True, reason=FIXED_ON_RELIAB.format("Low: epoch ts"))),
-    pytest.param("far_future_ts", marks=pytest.mark.xfail(strict=True,
-                                                          reason=FIXED_ON_RELIAB.format("Low: far-future ts"))),
+    "overflow_ts",
+    "epoch_ts",
+    "far_future_ts",
 ])
 def test_poison_pills_are_dead_lettered_and_the_stream_keeps_flowing(
     pill_set: str, broker: EmbeddedBroker, tmp_path: Any, ingest_case: Callable[..., IngestCase],
@@ -151,10 +149,8 @@ CONTROL_PILLS: dict[str, list[bytes | None]] = {
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("pills", [
     "malformed",
-    pytest.param("tombstone_and_deep_json", marks=pytest.mark.xfail(
-        strict=True, reason=FIXED_ON_RELIAB.format("Low: control listener"))),
-    pytest.param("version_lookalikes", marks=pytest.mark.xfail(
-        strict=True, reason=FIXED_ON_RELIAB.format("Low: version-name pattern"))),
+    "tombstone_and_deep_json",
+    "version_lookalikes",
 ])
 def test_control_topic_pills_are_ignored_with_a_log_line_and_notices_keep_flowing(
     pills: str, broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture,
