@@ -31,7 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from adapters.config import FrozenConfig, GateConfig, LoraSpec, ModelSpec, SplitConfig, TrainConfig
+from adapters.config import FrozenConfig, GateConfig, LoraSpec, ModelSpec, ServingPath, SplitConfig, TrainConfig
 from daemon.errors import ConfigError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -184,6 +184,9 @@ class ScorerSettings(FrozenConfig):
     queue_size: int = Field(1024, ge=1, description="Pending requests before 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest a request waits for its scores.")
     reconcile_interval_s: float = Field(15.0, gt=0, description="How often a scorer re-reads the champion.")
+    serving_path: ServingPath = Field(
+        "auto", description="quantized (LoRA on the 4/8-bit base), merged-int8 or merged-fp32 (LoRA merged into a "
+                            "dequantized copy; CPU only), or auto (merged-int8 on CPU, quantized on CUDA).")
 
 
 class OpsSettings(FrozenConfig):
