@@ -105,11 +105,15 @@ def _floor(direct: Callable[[list[tuple[str, str]]], np.ndarray], payloads: list
 
 
 def _stale_after_answer(recs: list[Record], calls: list[tuple[float, float, str]]) -> int:
-    """Responses to requests sent after a promote's answer (and before the next promote) from another version."""
+    """Responses from a version other than the last promote answered before the request was sent (or one
+    promoted after it, whose call began before the response): what read-your-writes forbids."""
     stale = 0
-    for k, (_, answered, target) in enumerate(calls):
-        until = calls[k + 1][0] if k + 1 < len(calls) else float("inf")
-        stale += sum(1 for r in recs if r[2] == 200 and answered < r[0] < until and r[3] != target)
+    for sent, answered, status, version, _ in recs:
+        last = max((k for k, c in enumerate(calls) if c[1] < sent), default=None)
+        if status != 200 or last is None:
+            continue
+        allowed = {calls[last][2]} | {c[2] for c in calls[last + 1:] if c[0] < answered}
+        stale += version not in allowed
     return stale
 
 
