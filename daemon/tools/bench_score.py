@@ -35,7 +35,8 @@ from pydantic import SecretStr
 
 from daemon.settings import Settings
 from daemon.tools.bench_load import Record, drive
-from storage.db import make_engine, upgrade
+from storage import registry
+from storage.db import make_engine, session_scope, upgrade
 
 TARGET_OVERHEAD = 0.10
 TARGET_SWAP_S = 1.0
@@ -221,7 +222,10 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for path in paths:
-                    promote(engine=engine, version=v1, actor="bench")  # each path starts on v0001
+                    with session_scope(engine) as session:
+                        on_v1 = registry.champion(session=session) == v1
+                    if not on_v1:  # each path starts on v0001
+                        promote(engine=engine, version=v1, actor="bench")
                     out.append(_serve_path(path, s, engine, (v1, v2), pool, args, token, judged))
         finally:
             engine.dispose()
