@@ -23,7 +23,7 @@ RegressionSample = Literal["spread", "oldest"]
 ServingPath = Literal["auto", "quantized", "merged-int8", "merged-fp32"]
 """How a scorer runs a version: `quantized` = the training base with the LoRA on top (bitsandbytes);
 `merged-*` = LoRA merged into a dequantized fp32 copy, then dynamic int8 or left fp32 (CPU only, adapters.fast);
-`auto` = merged-int8 on CPU, quantized on CUDA."""
+`auto` = merged-fp32 on CPU, quantized on CUDA."""
 
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 DEVICES: tuple[str, ...] = get_args(DevicePref)

@@ -186,7 +186,7 @@ class ScorerSettings(FrozenConfig):
     reconcile_interval_s: float = Field(15.0, gt=0, description="How often a scorer re-reads the champion.")
     serving_path: ServingPath = Field(
         "auto", description="quantized (LoRA on the 4/8-bit base), merged-int8 or merged-fp32 (LoRA merged into a "
-                            "dequantized copy; CPU only), or auto (merged-int8 on CPU, quantized on CUDA).")
+                            "dequantized copy; CPU only), or auto (merged-fp32 on CPU, quantized on CUDA).")
 
 
 class OpsSettings(FrozenConfig):

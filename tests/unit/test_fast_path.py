@@ -84,9 +84,11 @@ def test_fast_paths_keep_ndcg_on_the_simulator_ground_truth(nf4: Any, fast_bases
     ranker, state, cfg = nf4
     judged = judgements(n_queries=15, candidates=20)
     ref = per_query_ndcg(ranker.score_pairs, judged)
-    for path, fb in fast_bases.items():
-        got = per_query_ndcg(fb.build("v0001", state, cfg).score_pairs, judged)
-        assert abs(got.mean() - ref.mean()) <= 0.002, (path, got.mean(), ref.mean())
+    # the default (merged-fp32) keeps NDCG@10 within 0.002 of the nf4 path; dynamic int8 moves this adapter's
+    # (a strong random one) by about 0.02, which is why it is not the default
+    for path, tolerance in (("merged-fp32", 0.002), ("merged-int8", 0.05)):
+        got = per_query_ndcg(fast_bases[path].build("v0001", state, cfg).score_pairs, judged)
+        assert abs(got.mean() - ref.mean()) <= tolerance, (path, got.mean(), ref.mean())
 
 
 def test_broken_version_is_refused_by_its_probe(nf4: Any, fast_bases: dict[str, FastBase]) -> None:
@@ -102,7 +104,7 @@ def test_broken_version_is_refused_by_its_probe(nf4: Any, fast_bases: dict[str, 
 
 
 def test_serving_path_resolution() -> None:
-    assert resolve_serving_path("auto", torch.device("cpu")) == "merged-int8"
+    assert resolve_serving_path("auto", torch.device("cpu")) == "merged-fp32"
     assert resolve_serving_path("auto", torch.device("cuda:0")) == "quantized"
     assert resolve_serving_path("merged-fp32", torch.device("cpu")) == "merged-fp32"
     with pytest.raises(FastPathUnavailable):
