@@ -277,3 +277,28 @@ def load_base(spec: ModelSpec) -> LoadedBase:
         loaded.footprint_bytes / 1e6,
     )
     return loaded
+
+
+def dequantized_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """fp32 CPU copies of every bitsandbytes-quantized Linear weight of `model`, keyed by module name.
+
+    A LoRA-wrapped layer (`...query.base_layer`) is keyed by the layer's own name (`...query`), so the keys
+    match the module names of a plain copy of the base. Empty when nothing is quantized.
+    """
+    out: dict[str, torch.Tensor] = {}
+    quantized = [(n, m) for n, m in model.named_modules() if type(m).__name__ in ("Linear4bit", "Linear8bitLt")]
+    if not quantized:
+        return out
+    import bitsandbytes.functional as bnbf
+
+    for name, module in quantized:
+        w = module.weight
+        if type(module).__name__ == "Linear4bit":
+            dense = bnbf.dequantize_4bit(w.data, w.quant_state)
+        elif getattr(w, "CB", None) is not None and getattr(w, "SCB", None) is not None:
+            dense = bnbf.int8_vectorwise_dequant(w.CB, w.SCB)
+        else:  # int8 weights not yet quantized (never run) still hold their fp16/fp32 values
+            dense = w.data
+        key = name[: -len(".base_layer")] if name.endswith(".base_layer") else name
+        out[key] = dense.detach().to("cpu", torch.float32).contiguous()
+    return out

@@ -20,10 +20,15 @@ LossName = Literal["listwise", "pairwise", "pointwise"]
 Debias = Literal["ips", "none"]
 ResidualScale = Literal["fixed", "learn"]
 RegressionSample = Literal["spread", "oldest"]
+ServingPath = Literal["auto", "quantized", "merged-int8", "merged-fp32"]
+"""How a scorer runs a version: `quantized` = the training base with the LoRA on top (bitsandbytes);
+`merged-*` = LoRA merged into a dequantized fp32 copy, then dynamic int8 or left fp32 (CPU only, adapters.fast);
+`auto` = merged-fp32 on CPU, quantized on CUDA."""
 
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 DEVICES: tuple[str, ...] = get_args(DevicePref)
 LOSSES: tuple[str, ...] = get_args(LossName)
+SERVING_PATHS: tuple[str, ...] = get_args(ServingPath)
 
 
 def default_base_model() -> Path:

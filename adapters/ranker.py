@@ -40,7 +40,7 @@ from adapters.base import LoadedBase, default_lora_targets, load_base
 from adapters.config import LoraSpec, ModelSpec
 from adapters.errors import AdapterMismatch, AdapterNameTaken, AdapterNotFound
 
-__all__ = ["ACTIVE", "RESIDUAL_SCALE", "Ranker"]
+__all__ = ["ACTIVE", "RESIDUAL_SCALE", "Ranker", "config_from_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,16 @@ class Ranker:
             if not (0.0 <= scale < 1e3):
                 raise ValueError(f"residual scale must be in [0, 1000), got {scale}")
             self._scales[name] = float(scale)
+
+    def scale_for(self, peft_config: dict[str, Any]) -> float:
+        """The residual weight an adapter config's scoring rule names (0.0 on a cross-encoder base).
+
+        Raises AdapterMismatch when the rule is not one this ranker scores with (as `add_adapter` does)."""
+        scale = self._scale_of_rule(peft_config.get(_SCORING_KEY))
+        if scale is None:
+            rule = peft_config.get(_SCORING_KEY)
+            raise AdapterMismatch(f"adapter scores as {rule!r}; this ranker as {self.scoring!r}")
+        return scale
 
     def _rule(self, name: str) -> str:
         if not self.base.is_sentence_encoder:
@@ -473,6 +483,11 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
     return v
+
+
+def config_from_dict(d: dict[str, Any]) -> LoraConfig:
+    """A LoraConfig from an adapter's stored config dict (ranktune's own keys dropped); AdapterMismatch if invalid."""
+    return _config_from_dict(d)
 
 
 def _config_from_dict(d: dict[str, Any]) -> LoraConfig:

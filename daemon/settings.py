@@ -31,7 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from adapters.config import FrozenConfig, GateConfig, LoraSpec, ModelSpec, SplitConfig, TrainConfig
+from adapters.config import FrozenConfig, GateConfig, LoraSpec, ModelSpec, ServingPath, SplitConfig, TrainConfig
 from daemon.errors import ConfigError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -221,6 +221,9 @@ class ScorerSettings(FrozenConfig):
     explore_top_k: int = Field(10, ge=2, le=1000, description="Only the model's top k items are ever moved.")
     explore_seed: int | None = Field(None, ge=0, description=(
         "Seed of the exploration RNG (one per process); unset: fresh entropy at start."))
+    serving_path: ServingPath = Field(
+        "auto", description="quantized (LoRA on the 4/8-bit base), merged-int8 or merged-fp32 (LoRA merged into a "
+                            "dequantized copy; CPU only), or auto (merged-fp32 on CPU, quantized on CUDA).")
 
 
 class OpsSettings(FrozenConfig):

@@ -10,6 +10,11 @@ Hot-swap: `swap_to(version)` reads and checksum-verifies the artifact in the *ca
 hands the weights to the worker, which between two rounds stages them under a new adapter name,
 probes them, activates them and deletes the old adapter (see `adapters.swap`). A refused version
 raises `SwapRefused` in the caller; the worker keeps serving what it served.
+
+On a fast serving path (`fast` given: `scorer.serving_path` merged-int8 / merged-fp32, `adapters.fast`) the
+calling thread also builds and probes the merged model while the worker keeps serving, and the worker only
+replaces its reference between two rounds. Either way `swap_to` returns only after the worker switched, so
+every request submitted after it returns is scored by the new version (read-your-writes for promote).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 
 from adapters.artifacts import LoadedAdapter
 from adapters.errors import SwapRefused
+from adapters.fast import FAST_PATHS, FastBase, FastModel, resolve_serving_path
 from adapters.ranker import Ranker
 from adapters.swap import BASE, PROBE_PAIRS, AdapterSwapper, Staged
 from daemon.errors import DaemonError, Overloaded
@@ -65,6 +71,7 @@ class SwapResult:
     version: str
     changed: bool  # False when `version` was already served
     seconds: float
+    prepare_s: float = 0.0  # of `seconds`: loading, verifying and (fast path) building, while the old one served
 
 
 @dataclass
@@ -78,6 +85,7 @@ class _Request:
 class _SwapJob:
     version: str
     loaded: LoadedAdapter | None
+    built: FastModel | None = None  # fast path: the model to serve, built off the worker
     future: Future[Staged] = field(default_factory=Future)
 
 
@@ -95,8 +103,13 @@ class Scorer:
         metrics: Metrics | None = None,
         probe_pairs: Sequence[Pair] = PROBE_PAIRS,
         swap_timeout_s: float = 120.0,
+        fast: FastBase | None = None,
     ) -> None:
         self._swapper = AdapterSwapper(ranker, probe_pairs)
+        self._probe_pairs = list(probe_pairs)
+        self._fast = fast
+        self._live: FastModel | None = fast.build(BASE, {}, {}) if fast is not None else None
+        self._built: dict[str, FastModel] = {}  # fast path: the served and the previous version (rollback)
         self._loader = loader
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
@@ -121,8 +134,24 @@ class Scorer:
     @classmethod
     def from_settings(cls, ranker: Ranker, settings: Settings, *, loader: Loader,
                       metrics: Metrics | None = None) -> Scorer:
-        return cls(ranker, loader=loader, max_batch=settings.scorer.max_batch,
+        path = resolve_serving_path(settings.scorer.serving_path, ranker.device)
+        fast = (FastBase(ranker, settings.model, path, batch_size=settings.scorer.max_batch)
+                if path in FAST_PATHS else None)
+        return cls(ranker, loader=loader, max_batch=settings.scorer.max_batch, fast=fast,
                    max_wait_ms=settings.scorer.max_wait_ms, queue_size=settings.scorer.queue_size, metrics=metrics)
+
+    def direct(self) -> Callable[[Sequence[Pair]], np.ndarray]:
+        """The served version's scoring function, called directly (benchmarks' floor, while the scorer idles)."""
+        live = self._live
+        if live is not None:
+            return live.score_pairs
+        ranker = self._swapper.ranker
+        return lambda pairs: ranker.score_pairs(pairs)
+
+    @property
+    def serving_path(self) -> str:
+        """`quantized`, or the fast path (`merged-int8`, `merged-fp32`) this scorer runs."""
+        return self._fast.path if self._fast is not None else "quantized"
 
     # ----- life cycle ------------------------------------------------------------------------------
 
@@ -145,7 +174,8 @@ class Scorer:
     @property
     def version(self) -> str:
         """The version served now (`base` = no adapter)."""
-        return self._swapper.served.version
+        live = self._live
+        return live.version if live is not None else self._swapper.served.version
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop accepting; the worker finishes the round in hand, then fails what is still queued."""
@@ -204,7 +234,13 @@ class Scorer:
             except Exception as exc:
                 self._refused(version, exc)
                 raise SwapRefused(f"version {version} refused: {exc}") from exc
-            job = _SwapJob(version, loaded)
+            try:
+                built = self._prepare(version, loaded)
+            except SwapRefused as exc:
+                self._refused(version, exc)
+                raise
+            prepared = time.monotonic() - t0
+            job = _SwapJob(version, loaded, built)
             with self._cond:
                 self._swaps.append(job)
                 self._cond.notify()
@@ -219,7 +255,20 @@ class Scorer:
             seconds = time.monotonic() - t0
             self.metrics.swaps.labels(outcome="ok").inc()
             self.metrics.swap_duration.observe(seconds)
-            return SwapResult(version, True, seconds)
+            return SwapResult(version, True, seconds, prepared)
+
+    def _prepare(self, version: str, loaded: LoadedAdapter | None) -> FastModel | None:
+        """Fast path: build and probe `version`'s merged model here, while the worker serves the old one."""
+        if self._fast is None:
+            return None
+        built = self._built.get(version)
+        if built is None:
+            built = self._fast.build(version, loaded.state if loaded else {}, loaded.peft_config if loaded else {})
+            built.probe(self._probe_pairs)
+        served = self.version
+        self._built = {v: m for v, m in self._built.items() if v == served}
+        self._built[version] = built
+        return built
 
     def _refused(self, version: str, exc: BaseException) -> None:
         self.metrics.swaps.labels(outcome="refused").inc()
@@ -272,9 +321,10 @@ class Scorer:
     def _do_round(self, batch: list[_Request]) -> None:
         pairs = [p for r in batch for p in r.pairs]
         start = time.monotonic()
-        version = self._swapper.served.version
+        live = self._live
+        version = live.version if live is not None else self._swapper.served.version
         try:
-            scores = self._swapper.ranker.score_pairs(pairs)
+            scores = live.score_pairs(pairs) if live is not None else self._swapper.ranker.score_pairs(pairs)
         except Exception as exc:
             log.exception("scoring a round of %d pairs (%d requests) failed", len(pairs), len(batch))
             for r in batch:
@@ -291,6 +341,10 @@ class Scorer:
     def _do_swap(self, job: _SwapJob) -> None:
         if not job.future.set_running_or_notify_cancel():
             return
+        if job.built is not None:  # fast path: built and probed already; switching is one assignment
+            self._live = job.built
+            self._switched(job, Staged(job.version, None))
+            return
         try:
             if job.loaded is None:
                 staged = self._swapper.swap(job.version, {}, {})
@@ -303,6 +357,9 @@ class Scorer:
             log.exception("swap to %s failed unexpectedly", job.version)
             job.future.set_exception(SwapRefused(f"version {job.version} refused: {exc}"))
             return
+        self._switched(job, staged)
+
+    def _switched(self, job: _SwapJob, staged: Staged) -> None:
         self.transitions.append((time.monotonic(), job.version))
         self.metrics.set_active(job.version)
         job.future.set_result(staged)

@@ -1,5 +1,6 @@
 """Under concurrent load, ten promote/rollback cycles: no failed request, every response from a version
-that was being served while it ran, and scores equal to a separately loaded model's."""
+that was being served while it ran, and scores equal to a separately loaded model's; and read-your-writes:
+no request sent after a promote's 2xx is answered by the version it replaced."""
 
 from __future__ import annotations
 
@@ -38,12 +39,14 @@ PAYLOADS: list[dict[str, Any]] = [
 ]
 
 
+@pytest.mark.parametrize("serving_path", ["quantized", "merged-fp32"])
 def test_promote_rollback_cycles_under_load(
     serving_ranker: Any, reference_ranker: Any, sqlite_engine: Engine, artifacts_dir: Path,
-    make_versions: Callable[..., list[str]], serve_settings: Callable[..., Settings],
+    make_versions: Callable[..., list[str]], serve_settings: Callable[..., Settings], serving_path: str,
 ) -> None:
     v1, v2, v3 = make_versions(sqlite_engine, 3)
-    role = ServeRole(serve_settings(), engine=sqlite_engine, ranker=serving_ranker, control=False).start()
+    role = ServeRole(serve_settings(scorer_serving_path=serving_path), engine=sqlite_engine, ranker=serving_ranker,
+                     control=False).start()
     stop = threading.Event()
     results: list[tuple[float, float, int, dict[str, Any]]] = []
     failures: list[str] = []
@@ -128,3 +131,70 @@ def test_promote_rollback_cycles_under_load(
             if name is not None:
                 reference_ranker.delete_adapter(name)
     print(f"\n{len(results)} responses in {elapsed:.1f}s, {len(actions)} swaps, versions {sorted(seen)}")
+
+
+def test_read_your_writes_under_8_clients(
+    serving_ranker: Any, sqlite_engine: Engine, make_versions: Callable[..., list[str]],
+    serve_settings: Callable[..., Settings],
+) -> None:
+    """Every request sent after a promote's 2xx (and before the next promote) is scored by the promoted version."""
+    v1, v2 = make_versions(sqlite_engine, 2)
+    role = ServeRole(serve_settings(), engine=sqlite_engine, ranker=serving_ranker, control=False).start()
+    stop = threading.Event()
+    sent: list[tuple[float, float, int, str]] = []  # (sent, answered, status, adapter_version)
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=role.url, timeout=30) as http:
+            i = k
+            while not stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = http.post("/v1/score", json=PAYLOADS[i % len(PAYLOADS)])
+                    version = r.json().get("adapter_version", "") if r.status_code == 200 else ""
+                    row = (t0, time.monotonic(), r.status_code, version)
+                except httpx.HTTPError:
+                    row = (t0, time.monotonic(), 0, "")
+                i += 1
+                with lock:
+                    sent.append(row)
+
+    calls: list[tuple[float, float, str]] = []  # (promote sent, 2xx received, target)
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+    try:
+        for t in threads:
+            t.start()
+        with httpx.Client(base_url=role.url, timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}) as op:
+            for c in range(6):
+                time.sleep(0.4)
+                target = (v1, v2)[c % 2]
+                t0 = time.monotonic()
+                r = op.post(f"/v1/adapters/{target}/promote")
+                calls.append((t0, time.monotonic(), target))
+                assert r.status_code == 200 and r.json()["served"] == target, r.text
+            time.sleep(0.4)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        role.stop()
+
+    assert all(status == 200 for _, _, status, _ in sent), [row for row in sent if row[2] != 200][:5]
+    assert stale_after_answer(sent, calls) == []
+    checked = sum(1 for t0, *_ in sent if t0 > calls[0][1])
+    assert checked >= len(calls), f"only {checked} requests were sent after the first promote's answer"
+
+
+def stale_after_answer(sent: list[tuple[float, float, int, str]],
+                       calls: list[tuple[float, float, str]]) -> list[tuple[float, str, set[str]]]:
+    """Requests answered by a version other than the last promote answered before they were sent, or one
+    promoted after that (whose call began before they were answered): what read-your-writes forbids."""
+    bad = []
+    for t0, t1, status, version in sent:
+        last = max((k for k, c in enumerate(calls) if c[1] < t0), default=None)
+        if status != 200 or last is None:
+            continue
+        allowed = {calls[last][2]} | {c[2] for c in calls[last + 1:] if c[0] < t1}
+        if version not in allowed:
+            bad.append((t0, version, allowed))
+    return bad

@@ -1,0 +1,330 @@
+"""The CPU serving fast path: one version's LoRA merged into a dequantized copy of the base, then made fast.
+
+Training keeps the 4/8-bit frozen base (`adapters.ranker`). For serving on CPU, dequantizing those very
+weights to fp32 (so the served model is the trained one, not a fresh fp32 download), merging the LoRA into
+them and, for `merged-int8`, quantizing every `nn.Linear` with PyTorch's dynamic int8 runs the same
+ranking several times faster than bitsandbytes, which dequantizes its weights in every forward.
+
+`FastBase` is built once per scorer (the dequantized template, the bare encoder for zero-shot embeddings,
+the caches); `FastBase.build(version, ...)` makes one `FastModel` per version, off the request path (the
+scorer builds it in the thread that asked for the swap). A `FastModel` is immutable once built; a scorer
+switches by replacing its reference between two batches.
+
+Scoring caches each text's tokens (`PairEncoder`, LRU keyed by text, pairs assembled by the tokenizer's
+own post-processor, so they equal a tokenizer call) and each text's frozen base embedding, and packs the
+pairs of a round into forwards by token length, so short pairs are not padded to the longest.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from peft import get_peft_model
+from peft.utils import set_peft_model_state_dict
+
+from adapters.base import dequantized_weights, load_base
+from adapters.config import SERVING_PATHS, ModelSpec, ServingPath
+from adapters.errors import AdapterError, SwapRefused
+from adapters.ranker import Ranker, config_from_dict
+
+__all__ = ["FAST_PATHS", "SERVING_PATHS", "FastBase", "FastModel", "FastPathUnavailable", "PairEncoder",
+           "ServingPath", "resolve_serving_path"]
+
+log = logging.getLogger(__name__)
+
+FAST_PATHS = ("merged-int8", "merged-fp32")
+CPU_AUTO_PATH = "merged-fp32"
+"""What `auto` means on CPU, chosen by `ranktune bench score` (README, "CPU serving paths"): merged-fp32 scores
+equal the nf4 path's (within 1e-6, so NDCG is unchanged) at several times its throughput. merged-int8 was faster
+still, but its NDCG@10 moved by 0.0005 on the bench's adapter and by 0.02 on a stronger one (unit test)."""
+BASE = "base"
+_CACHE_SIZE = 50_000
+_PEFT_PREFIX = "base_model.model."
+Encoded = tuple[list[int], list[int]]
+"""One sequence's (input_ids, token_type_ids), special tokens included."""
+
+
+class FastPathUnavailable(AdapterError, RuntimeError):
+    """The fast path cannot serve this model (not on CPU, or no such path)."""
+
+
+def resolve_serving_path(path: ServingPath | str, device: torch.device) -> str:
+    """`auto` -> CPU_AUTO_PATH on CPU, `quantized` elsewhere; a merged path off CPU is FastPathUnavailable."""
+    if path not in SERVING_PATHS:
+        raise FastPathUnavailable(f"unknown serving path {path!r} (expected one of {SERVING_PATHS})")
+    if path == "auto":
+        return CPU_AUTO_PATH if device.type == "cpu" else "quantized"
+    if path in FAST_PATHS and device.type != "cpu":
+        raise FastPathUnavailable(f"serving path {path} runs on CPU only; this model is on {device} "
+                                  "(use quantized or auto)")
+    return str(path)
+
+
+class PairEncoder:
+    """Token ids of (query, text) pairs from per-text cached encodings; equal to `tokenizer(q, t, truncation)`.
+
+    Thread-safe (one lock around the cache). Falls back to calling the tokenizer when it has no Rust backend.
+    """
+
+    def __init__(self, tokenizer: Any, max_seq_len: int, cache_size: int = _CACHE_SIZE) -> None:
+        self._hf = tokenizer
+        self.max_seq_len = max_seq_len
+        self.cache_size = cache_size
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._tk: Any = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._tk = Tokenizer.from_str(backend.to_str())
+            self._tk.enable_truncation(max_seq_len, strategy="longest_first")
+            self._tk.no_padding()
+        self._types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+        self._left = getattr(tokenizer, "padding_side", "right") == "left"
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def _cached(self, texts: Sequence[str]) -> list[Any]:
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+            self.misses += len(missing)
+            self.hits += len(texts) - len(missing)
+            if missing:
+                self._cache.update(zip(missing, self._tk.encode_batch(missing, add_special_tokens=False), strict=True))
+            out = []
+            for t in texts:
+                self._cache.move_to_end(t)
+                out.append(self._cache[t])
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return out
+
+    def encode(self, firsts: Sequence[str], seconds: Sequence[str] | None = None) -> list[Encoded]:
+        """Per pair (or per single text): [input_ids, token_type_ids] with special tokens, truncated."""
+        if self._tk is None:
+            enc = self._hf(list(firsts), list(seconds) if seconds is not None else None, truncation=True,
+                           max_length=self.max_seq_len)
+            types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
+            return [(list(i), list(t)) for i, t in zip(enc["input_ids"], types, strict=True)]
+        a = self._cached(firsts)
+        b = self._cached(seconds) if seconds is not None else [None] * len(a)
+        done = [self._tk.post_process(x, y, True) for x, y in zip(a, b, strict=True)]
+        return [(e.ids, e.type_ids) for e in done]
+
+    def tensors(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        """Pad a group of `encode` results to its longest member: the model's keyword inputs."""
+        n = max(len(ids) for ids, _ in encoded)
+        ids = torch.full((len(encoded), n), self.pad_id, dtype=torch.long)
+        types = torch.zeros((len(encoded), n), dtype=torch.long)
+        mask = torch.zeros((len(encoded), n), dtype=torch.long)
+        for k, (i, t) in enumerate(encoded):
+            sl = slice(n - len(i), n) if self._left else slice(0, len(i))
+            ids[k, sl] = torch.tensor(i)
+            types[k, sl] = torch.tensor(t)
+            mask[k, sl] = 1
+        out = {"input_ids": ids, "attention_mask": mask}
+        if self._types:
+            out["token_type_ids"] = types
+        return out
+
+
+def _by_length(encoded: Sequence[Encoded], batch: int) -> list[list[int]]:
+    """Indices grouped into forwards of at most `batch`, shortest sequences together."""
+    order = sorted(range(len(encoded)), key=lambda k: len(encoded[k][0]))
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+class FastBase:
+    """The dequantized fp32 template of a ranker's base, the fast bare encoder, and the shared caches."""
+
+    def __init__(self, ranker: Ranker, spec: ModelSpec, path: str, *, batch_size: int = 64) -> None:
+        if path not in FAST_PATHS:
+            raise FastPathUnavailable(f"no fast serving path {path!r} (expected one of {FAST_PATHS})")
+        if ranker.device.type != "cpu":
+            raise FastPathUnavailable(f"the merged serving paths run on CPU; this model is on {ranker.device}")
+        self.path = path
+        self.ranker = ranker
+        self.batch_size = batch_size
+        plain = load_base(spec.model_copy(update={"quantization": "none", "device": "cpu"}))
+        with ranker._lock:  # the served weights, read once: the model every version was trained on
+            weights = dequantized_weights(ranker.model.get_base_model())
+        modules = dict(plain.model.named_modules())
+        with torch.no_grad():
+            for name, w in weights.items():
+                target = modules[name].weight
+                if target.shape != w.shape:
+                    raise FastPathUnavailable(f"dequantized {name} has shape {tuple(w.shape)}, "
+                                              f"the plain base {tuple(target.shape)}")
+                target.copy_(w)
+        self.template = plain.model.eval()
+        self.encoder = PairEncoder(plain.tokenizer, spec.max_seq_len)
+        self.sentence = ranker.base.is_sentence_encoder
+        self.pooling = ranker.base.pooling
+        self.model_id = ranker.base.model_id
+        prefix = self.template.base_model_prefix
+        # Zero-shot embeddings stay fp32 (int8 moved cosines by up to 0.15): they are cached per text, so
+        # they cost one forward per new text, not per request.
+        self._body = copy.deepcopy(getattr(self.template, prefix)).eval() if self.sentence else None
+        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        log.info("fast serving path %s ready (%d dequantized layers from the %s base)", path, len(weights),
+                 ranker.base.quantization)
+
+    def finish(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Make a merged fp32 module fast for this path (dynamic int8 Linear, or as is), in eval mode."""
+        module.eval().requires_grad_(False)
+        if self.path == "merged-int8":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
+                # per-channel weight scales: max score error 0.03 against 0.8 with one scale per tensor
+                qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+                module = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear: qconfig}, inplace=True)
+        return module
+
+    def build(self, version: str, state: dict[str, torch.Tensor], peft_config: dict[str, Any]) -> FastModel:
+        """The fast model of `version` (`base`: no adapter); SwapRefused if it does not fit or fails its probe."""
+        try:
+            model, scale = self._merged(version, state, peft_config)
+        except SwapRefused:
+            raise
+        except Exception as exc:
+            raise SwapRefused(f"version {version} cannot be merged for serving: {exc}") from exc
+        return FastModel(version, model, scale, self)
+
+    def _merged(self, version: str, state: dict[str, torch.Tensor],
+                peft_config: dict[str, Any]) -> tuple[torch.nn.Module | None, float | None]:
+        if version == BASE:
+            return (None, None) if self.sentence else (self.finish(copy.deepcopy(self.template)), None)
+        trained_on = peft_config.get("base_model_name_or_path")
+        if trained_on and trained_on != self.model_id:
+            raise SwapRefused(f"version {version} was trained on base {trained_on}, this scorer runs {self.model_id}")
+        scale = self.ranker.scale_for(peft_config)
+        lora = config_from_dict(peft_config)
+        simple = not (lora.use_dora or lora.rank_pattern or lora.alpha_pattern or lora.fan_in_fan_out)
+        merged = self._merge_lora(state, lora) if simple else self._merge_peft(state, lora, version)
+        return self.finish(merged), (scale if self.sentence else None)
+
+    def _merge_lora(self, state: dict[str, torch.Tensor], lora: Any) -> torch.nn.Module:
+        """W + (alpha/r) * B @ A for every LoRA layer, head weights replaced, into a copy of the template.
+
+        The copy shares every tensor with the template and replaces (never writes into) the ones that change,
+        so it costs the changed layers only; the template is left as it was.
+        """
+        shared = {id(t): t for t in self.template.parameters()}
+        shared.update({id(t): t for t in self.template.buffers()})
+        model = copy.deepcopy(self.template, memo=shared)
+        modules = dict(model.named_modules())
+        scaling = lora.lora_alpha / (lora.r ** 0.5 if lora.use_rslora else lora.r)
+        used: set[str] = set()
+        for key in state:
+            if not key.endswith(".lora_A.weight"):
+                continue
+            name = key[: -len(".lora_A.weight")].removeprefix(_PEFT_PREFIX)
+            a, b = state[key], state[key.replace(".lora_A.", ".lora_B.")]
+            layer = modules[name]
+            merged = layer.weight.detach() + scaling * (b.float() @ a.float())
+            layer.weight = torch.nn.Parameter(merged, requires_grad=False)
+            used.update((key, key.replace(".lora_A.", ".lora_B.")))
+        for key, value in state.items():
+            if key in used:
+                continue
+            name, _, attr = key.removeprefix(_PEFT_PREFIX).rpartition(".")
+            name = name.replace(".modules_to_save.serve", "")
+            if name not in modules or not hasattr(modules[name], attr):
+                raise SwapRefused(f"adapter weight {key} has no place in the base")
+            setattr(modules[name], attr, torch.nn.Parameter(value.detach().float().clone(), requires_grad=False))
+        return model
+
+    def _merge_peft(self, state: dict[str, torch.Tensor], lora: Any, version: str) -> torch.nn.Module:
+        """peft's own merge (DoRA, per-layer ranks): slower, for what `_merge_lora` does not cover."""
+        peft = get_peft_model(copy.deepcopy(self.template), lora, adapter_name="serve")
+        result = set_peft_model_state_dict(peft, state, adapter_name="serve")
+        unexpected = list(getattr(result, "unexpected_keys", []))
+        if unexpected:
+            raise SwapRefused(f"version {version}: unexpected keys {unexpected[:3]}")
+        return peft.merge_and_unload()
+
+    def logits(self, model: torch.nn.Module, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """Head logits of `pairs`, in forwards of `batch_size` grouped by token length; in pair order."""
+        encoded = self.encoder.encode([q for q, _ in pairs], [t for _, t in pairs])
+        out = torch.empty(len(pairs), dtype=torch.float32)
+        with torch.inference_mode():
+            for group in _by_length(encoded, self.batch_size):
+                logits = model(**self.encoder.tensors([encoded[k] for k in group])).logits
+                out[torch.tensor(group)] = logits[:, 0].float()
+        return out
+
+    def cosine(self, queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
+        """Cosine of the bare base's pooled embeddings per pair (embeddings cached per text)."""
+        with self._lock:
+            missing = [t for t in dict.fromkeys([*queries, *texts]) if t not in self._embeddings]
+        fresh = self._embed(missing) if missing else []
+        with self._lock:
+            self._embeddings.update(zip(missing, fresh, strict=True))
+            qe = torch.stack([self._embeddings[q] for q in queries])
+            te = torch.stack([self._embeddings[t] for t in texts])
+            for t in (*queries, *texts):
+                self._embeddings.move_to_end(t)
+            while len(self._embeddings) > _CACHE_SIZE:
+                self._embeddings.popitem(last=False)
+        return (qe * te).sum(dim=1)
+
+    def _embed(self, texts: list[str]) -> list[torch.Tensor]:
+        assert self._body is not None
+        encoded = self.encoder.encode(texts)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+        with torch.inference_mode():
+            for group in _by_length(encoded, self.batch_size):
+                enc = self.encoder.tensors([encoded[k] for k in group])
+                hidden = self._body(**enc).last_hidden_state.float()
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                for k, row in zip(group, torch.nn.functional.normalize(pooled, dim=-1), strict=True):
+                    out[k] = row.clone()
+        return out
+
+
+@dataclass(frozen=True)
+class FastModel:
+    """One version on the fast path: merged model (None = zero-shot cosine only) and its residual weight."""
+
+    version: str
+    model: torch.nn.Module | None
+    scale: float | None
+    base: FastBase
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Scores of (query, text) pairs, float32, like `Ranker.score_pairs` with this version active."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        queries, texts = [q for q, _ in pairs], [t for _, t in pairs]
+        if self.model is None:
+            return self.base.cosine(queries, texts).numpy()
+        out = self.base.logits(self.model, pairs)
+        if self.scale is not None:
+            out = out + self.scale * self.base.cosine(queries, texts)
+        return out.numpy().astype(np.float32)
+
+    def probe(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Score `pairs`; SwapRefused unless every score is finite."""
+        try:
+            scores = self.score_pairs(pairs)
+        except Exception as exc:
+            raise SwapRefused(f"version {self.version} failed its probe batch: {exc}") from exc
+        if scores.shape != (len(pairs),) or not np.all(np.isfinite(scores)):
+            raise SwapRefused(f"version {self.version} gives non-finite probe scores {scores.tolist()}")
+        return scores
