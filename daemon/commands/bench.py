@@ -1,4 +1,4 @@
-"""`ranktune bench ingest|train|score|learn|parse`: benchmarks with JSON results (speed targets live here, not in tests).
+"""`ranktune bench ingest|train|score|learn|parse`: benchmarks with JSON results (speed targets live here).
 
 Each benchmark is a module `daemon.tools.bench_<name>` with `add_arguments(parser)` and
 `run(args, settings) -> dict`; the result is printed as JSON and, with --out, written to a file.
