@@ -55,6 +55,8 @@ def _other_value(flat: str, field: Any) -> tuple[str, Any]:
         return "query,value", ("query", "value")
     if ann is bool:
         return str(not default).lower(), not default
+    if ann in (int, float) and default is None:  # an optional number (a seed): any valid one differs
+        return "7", ann(7)
     if ann in (int, float):
         b = _bounds(field)
         step = 1 if ann is int else (0.01 if default is not None and abs(default) < 1 else 1.0)
