@@ -39,6 +39,8 @@ from peft.utils import ModulesToSaveWrapper, get_peft_model_state_dict, set_peft
 from adapters.base import LoadedBase, default_lora_targets, load_base
 from adapters.config import LoraSpec, ModelSpec
 from adapters.errors import AdapterMismatch, AdapterNameTaken, AdapterNotFound
+from adapters.lora_config import SCORING_KEY, config_from_dict, jsonable
+from adapters.ranker_forward import RESIDUAL_SCALE, RankerForward
 
 __all__ = ["ACTIVE", "RESIDUAL_SCALE", "Ranker", "config_from_dict"]
 
@@ -52,19 +54,13 @@ class _Active(enum.Enum):
 ACTIVE: Final = _Active.ACTIVE
 """Sentinel for `Ranker.score(adapter=...)`: use whatever adapter is active."""
 
-RESIDUAL_SCALE: Final = 5.0
-"""Weight of the zero-shot cosine in an adapter's score on a sentence-encoder base. Cosines of related
-products differ by 0.1-0.3, so this puts them 0.5-1.5 logits apart: a ranking the head can correct."""
-
-_SCORING_KEY = "ranktune_scoring"
 _RESIDUAL_RULE = re.compile(r"^cosine\*([0-9.eE+-]+)\+head$")
-_EMBED_CACHE_SIZE = 20_000  # frozen base embeddings kept (384 floats each for MiniLM: about 30 MB)
 _RESERVED = "__zero_shot__"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 _FINAL_HEADS = ("classifier", "score")
 
 
-class Ranker:
+class Ranker(RankerForward):
     """A cross-encoder ranker: `Ranker.load(spec, lora)`, then `score`, adapters by name."""
 
     def __init__(self, base: LoadedBase, lora: LoraSpec, *, batch_size: int = 64) -> None:
@@ -139,12 +135,12 @@ class Ranker:
         nothing is added.
         """
         with self._lock:
-            scoring = peft_config.get(_SCORING_KEY)
+            scoring = peft_config.get(SCORING_KEY)
             scale = self._scale_of_rule(scoring)
             if scale is None:
                 raise AdapterMismatch(f"adapter {name} scores as {scoring!r}; this ranker as {self.scoring!r}")
             self._claim(name)
-            cfg = _config_from_dict(peft_config)
+            cfg = config_from_dict(peft_config)
             try:
                 self._peft.add_adapter(name, cfg)
             except (ValueError, KeyError, TypeError) as exc:
@@ -198,10 +194,10 @@ class Ranker:
         with self._lock:
             self._require(name)
             raw = self._peft.peft_config[name].to_dict()
-        out = {k: _jsonable(v) for k, v in raw.items()}
+        out = {k: jsonable(v) for k, v in raw.items()}
         out["inference_mode"] = True
         out["base_model_name_or_path"] = self.base.model_id
-        out[_SCORING_KEY] = self._rule(name)
+        out[SCORING_KEY] = self._rule(name)
         return out
 
     def residual_scale(self, name: str) -> float:
@@ -224,9 +220,9 @@ class Ranker:
         """The residual weight an adapter config's scoring rule names (0.0 on a cross-encoder base).
 
         Raises AdapterMismatch when the rule is not one this ranker scores with (as `add_adapter` does)."""
-        scale = self._scale_of_rule(peft_config.get(_SCORING_KEY))
+        scale = self._scale_of_rule(peft_config.get(SCORING_KEY))
         if scale is None:
-            rule = peft_config.get(_SCORING_KEY)
+            rule = peft_config.get(SCORING_KEY)
             raise AdapterMismatch(f"adapter scores as {rule!r}; this ranker as {self.scoring!r}")
         return scale
 
@@ -276,15 +272,6 @@ class Ranker:
                 if residual is not None:
                     out = out + residual
             return out.float().cpu().numpy()
-
-    def embeddings(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm pooled embeddings of the bare base (what zero-shot cosine uses), cached; float32."""
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        with self._lock:
-            self._cosine(texts, texts)  # fills the cache
-            return torch.stack([self._embeddings[t] for t in texts]).float().cpu().numpy()
 
     # ----- training hooks (used by adapters.training) ---------------------------------------------
 
@@ -401,104 +388,3 @@ class Ranker:
             yield
         finally:
             self._restore_peft_active()
-
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self._peft.training
-        self._peft.eval()
-        try:
-            yield
-        finally:
-            if was_training:
-                self._peft.train()
-
-    def _tokenize(self, first: list[str], second: list[str] | None = None) -> dict[str, torch.Tensor]:
-        enc = self.base.tokenizer(
-            first, second, padding=True, truncation=True, max_length=self.base.max_seq_len, return_tensors="pt"
-        )
-        return {k: v.to(self.device) for k, v in enc.items()}
-
-    def _pair_logits(self, queries: list[str], texts: list[str]) -> torch.Tensor:
-        logits = self._peft(**self._tokenize(queries, texts)).logits
-        return logits[:, 0].float()
-
-    def _batched_logits(self, queries: list[str], texts: list[str]) -> torch.Tensor:
-        b = self.batch_size
-        return torch.cat([self._pair_logits(queries[i : i + b], texts[i : i + b]) for i in range(0, len(queries), b)])
-
-    def _zero_shot(self, queries: list[str], texts: list[str]) -> torch.Tensor:
-        if self.base.is_sentence_encoder:
-            return self._cosine(queries, texts)
-        with self._peft.disable_adapter():
-            out = self._batched_logits(queries, texts)
-        self._restore_peft_active()  # disable_adapter's exit marks the active adapter trainable again
-        return out
-
-    def _residual(self, queries: list[str], texts: list[str], name: str) -> torch.Tensor | None:
-        """The zero-shot part of an adapter's score (None on a cross-encoder base); never has gradients."""
-        if not self.base.is_sentence_encoder:
-            return None
-        with torch.no_grad():
-            return self._scales.get(name, RESIDUAL_SCALE) * self._cosine(queries, texts)
-
-    def _cosine(self, queries: list[str], texts: list[str]) -> torch.Tensor:
-        """Cosine of the bare base's pooled embeddings, per pair; embeddings come from the cache."""
-        cache = self._embeddings
-        missing = [t for t in dict.fromkeys([*queries, *texts]) if t not in cache]
-        if missing:
-            with self._eval_mode(), torch.no_grad(), self._peft.disable_adapter():
-                fresh = self._embed(missing)
-            self._restore_peft_active()  # disable_adapter's exit marks the active adapter trainable again
-            cache.update(zip(missing, fresh, strict=True))
-        for t in (*queries, *texts):
-            cache.move_to_end(t)
-        qe = torch.stack([cache[q] for q in queries])
-        te = torch.stack([cache[t] for t in texts])
-        while len(cache) > _EMBED_CACHE_SIZE:
-            cache.popitem(last=False)
-        return (qe * te).sum(dim=1)
-
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        body = getattr(self._peft.get_base_model(), self.base.model.base_model_prefix)
-        chunks = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self._tokenize(texts[i : i + self.batch_size])
-            hidden = body(**enc).last_hidden_state.float()
-            if self.base.pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(chunks)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, enum.Enum):
-        return v.value
-    if isinstance(v, set | frozenset):
-        return sorted(v)
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-def config_from_dict(d: dict[str, Any]) -> LoraConfig:
-    """A LoraConfig from an adapter's stored config dict (ranktune's own keys dropped); AdapterMismatch if invalid."""
-    return _config_from_dict(d)
-
-
-def _config_from_dict(d: dict[str, Any]) -> LoraConfig:
-    if d.get("peft_type") not in ("LORA", None):
-        raise AdapterMismatch(f"only LoRA adapters are supported, got peft_type={d.get('peft_type')!r}")
-    clean = dict(d)
-    clean.pop("peft_type", None)
-    clean.pop("base_model_name_or_path", None)  # provenance only; peft would look for a folder there
-    clean.pop(_SCORING_KEY, None)  # ranktune's own; checked by Ranker.add_adapter
-    clean["inference_mode"] = True
-    try:
-        return LoraConfig(**clean)
-    except (TypeError, ValueError) as exc:
-        raise AdapterMismatch(f"invalid LoRA config: {exc}") from exc

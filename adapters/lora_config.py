@@ -1,0 +1,41 @@
+"""Adapter configs as stored with each version: peft's LoraConfig to and from plain JSON dicts."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from peft import LoraConfig
+
+from adapters.errors import AdapterMismatch
+
+__all__ = ["SCORING_KEY", "config_from_dict", "jsonable"]
+
+SCORING_KEY = "ranktune_scoring"  # ranktune's own key in a stored adapter config: the scoring rule
+
+
+def jsonable(v: Any) -> Any:
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, set | frozenset):
+        return sorted(v)
+    if isinstance(v, dict):
+        return {k: jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [jsonable(x) for x in v]
+    return v
+
+
+def config_from_dict(d: dict[str, Any]) -> LoraConfig:
+    """A LoraConfig from an adapter's stored config dict (ranktune's own keys dropped); AdapterMismatch if invalid."""
+    if d.get("peft_type") not in ("LORA", None):
+        raise AdapterMismatch(f"only LoRA adapters are supported, got peft_type={d.get('peft_type')!r}")
+    clean = dict(d)
+    clean.pop("peft_type", None)
+    clean.pop("base_model_name_or_path", None)  # provenance only; peft would look for a folder there
+    clean.pop(SCORING_KEY, None)  # ranktune's own; checked by Ranker.add_adapter
+    clean["inference_mode"] = True
+    try:
+        return LoraConfig(**clean)
+    except (TypeError, ValueError) as exc:
+        raise AdapterMismatch(f"invalid LoRA config: {exc}") from exc
