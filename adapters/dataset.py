@@ -101,6 +101,49 @@ class _Acc:
     seen: set[str] = field(default_factory=set)  # items whose position came from an impression
     explore: str | None = None
 
+    def add(self, ev: Mapping[str, Any], grade: int) -> None:
+        """Fold one event of this page in: its grade, shown (and model) position, exploration mark, text."""
+        item = str(ev["item_id"])
+        self.grades[item] = max(grade, self.grades.get(item, 0))
+        pos = _position(ev.get("position"))
+        if pos is not None and (item not in self.positions or (ev["action"] == "impression" and item not in self.seen)):
+            self.positions[item] = pos
+            ranked = _position(ev.get(RANKED_POSITION_FIELD))
+            if ranked is not None:
+                self.ranked[item] = ranked
+        if ev["action"] == "impression" and pos is not None:
+            self.seen.add(item)
+        mark = ev.get(EXPLORE_FIELD)
+        if mark:
+            self.explore = str(mark) if not isinstance(mark, bool) else "shuffle"
+        if ev.get("item_text"):
+            self.texts[item] = str(ev["item_text"])  # events arrive in time order per partition: newest wins
+
+    def group(self, key: str, text_of: Callable[[str], str | None],
+              catalog: dict[str, str | None]) -> QueryGroup | None:
+        """The page as a QueryGroup (items with a text, by id), or None when it cannot rank."""
+        ids, texts, labels = [], [], []
+        for item in sorted(self.grades):
+            text = self.texts.get(item)
+            if not text:
+                if item not in catalog:
+                    catalog[item] = text_of(item)
+                text = catalog[item]
+            if text:
+                ids.append(item)
+                texts.append(text)
+                labels.append(self.grades[item])
+        if len(ids) < 2 or max(labels) <= 0 or len(set(labels)) < 2:
+            return None
+        shown = [self.positions.get(i) for i in ids]
+        positions = tuple(p for p in shown if p is not None) if None not in shown else None
+        if positions is not None and len(set(positions)) != len(positions):
+            positions = None  # two items at one position: the log is inconsistent, do not correct
+        before = [self.ranked.get(i) for i in ids]
+        ranked_positions = tuple(r for r in before if r is not None) if positions and None not in before else None
+        return QueryGroup(key, self.query, self.ts, tuple(ids), tuple(texts), tuple(labels), positions,
+                          self.explore if positions else None, ranked_positions)
+
 
 def _position(value: Any) -> int | None:
     if value is None or isinstance(value, bool):
@@ -144,46 +187,9 @@ def build_groups(
             a = acc[key] = _Acc(query=str(ev["query"]), ts=ts)
         elif ts < a.ts:
             a.ts, a.query = ts, str(ev["query"])
-        item = str(ev["item_id"])
-        a.grades[item] = max(grade, a.grades.get(item, 0))
-        pos = _position(ev.get("position"))
-        if pos is not None and (item not in a.positions or (ev["action"] == "impression" and item not in a.seen)):
-            a.positions[item] = pos
-            ranked = _position(ev.get(RANKED_POSITION_FIELD))
-            if ranked is not None:
-                a.ranked[item] = ranked
-        if ev["action"] == "impression" and pos is not None:
-            a.seen.add(item)
-        mark = ev.get(EXPLORE_FIELD)
-        if mark:
-            a.explore = str(mark) if not isinstance(mark, bool) else "shuffle"
-        if ev.get("item_text"):
-            a.texts[item] = str(ev["item_text"])  # events arrive in time order per partition: newest wins
-
+        a.add(ev, grade)
     catalog: dict[str, str | None] = {}
-    groups = []
-    for key, a in acc.items():
-        ids, texts, labels = [], [], []
-        for item in sorted(a.grades):
-            text = a.texts.get(item)
-            if not text:
-                if item not in catalog:
-                    catalog[item] = text_of(item)
-                text = catalog[item]
-            if text:
-                ids.append(item)
-                texts.append(text)
-                labels.append(a.grades[item])
-        if len(ids) >= 2 and max(labels) > 0 and len(set(labels)) >= 2:
-            shown = [a.positions.get(i) for i in ids]
-            positions = tuple(p for p in shown if p is not None) if None not in shown else None
-            if positions is not None and len(set(positions)) != len(positions):
-                positions = None  # two items at one position: the log is inconsistent, do not correct
-            before = [a.ranked.get(i) for i in ids]
-            ranked_positions = (tuple(r for r in before if r is not None)
-                                if positions and None not in before else None)
-            groups.append(QueryGroup(key, a.query, a.ts, tuple(ids), tuple(texts), tuple(labels), positions,
-                                     a.explore if positions else None, ranked_positions))
+    groups = [g for key, a in acc.items() if (g := a.group(key, text_of, catalog)) is not None]
     groups.sort(key=lambda g: (g.ts, g.key))
     return groups
 

@@ -245,15 +245,10 @@ def parse_record(topic: str, partition: int, offset: int, key: bytes | None, val
     else:
         return Rejection(topic, partition, offset, key, value, "unknown_topic",
                          f"topic {topic!r} carries no ranktune events")
-    if value is None:
-        return Rejection(topic, partition, offset, key, value, "not_json", "null value (tombstone)")
-    if len(value) > config.max_message_bytes:
-        return Rejection(topic, partition, offset, key, value, "too_large",
-                         f"{len(value)} bytes > max_message_bytes {config.max_message_bytes}")
-    try:
-        value.decode("utf-8")  # checked here for its own reason; the validator then parses the same bytes
-    except UnicodeDecodeError as exc:
-        return Rejection(topic, partition, offset, key, value, "bad_utf8", f"invalid UTF-8 at byte {exc.start}")
+    raw_reason = _raw_rejection(value, config.max_message_bytes)
+    if raw_reason is not None:
+        return Rejection(topic, partition, offset, key, value, *raw_reason)
+    assert value is not None
     if validate is _validate_feedback_fast and _NUL_ESCAPE in value:
         validate = _validate_feedback
     try:
@@ -269,16 +264,22 @@ def parse_record(topic: str, partition: int, offset: int, key: bytes | None, val
         assert isinstance(event, _FeedbackFast | FeedbackIn)
         row = _feedback_row(event, ts, topic, partition, offset, pseudonymize)
         return Parsed("feedback", row, topic, partition, offset, key, value)
-    row = {
-        "item_id": event.item_id,
-        "title": event.title,
-        "description": event.description,
-        "category": event.category,
-        "brand": event.brand,
-        "attributes": event.attributes,
-        "ts": ts,
-    }
+    row = {"item_id": event.item_id, "title": event.title, "description": event.description,
+           "category": event.category, "brand": event.brand, "attributes": event.attributes, "ts": ts}
     return Parsed("catalog", row, topic, partition, offset, key, value)
+
+
+def _raw_rejection(value: bytes | None, max_bytes: int) -> tuple[str, str] | None:
+    """(reason, message) when the bytes themselves are unusable: a tombstone, too large, not UTF-8."""
+    if value is None:
+        return "not_json", "null value (tombstone)"
+    if len(value) > max_bytes:
+        return "too_large", f"{len(value)} bytes > max_message_bytes {max_bytes}"
+    try:
+        value.decode("utf-8")  # checked here for its own reason; the validator then parses the same bytes
+    except UnicodeDecodeError as exc:
+        return "bad_utf8", f"invalid UTF-8 at byte {exc.start}"
+    return None
 
 
 def _feedback_row(event: _FeedbackFast | FeedbackIn, ts: datetime, topic: str, partition: int, offset: int,

@@ -98,6 +98,19 @@ def _load_champion(settings: Settings, engine: Engine, ranker: Ranker) -> tuple[
     return _Champion(version, name, loaded.state, scale), candidate
 
 
+def _run_metrics(result: training.TrainResult, champion: str, champ_holdout: EvalResult,
+                 champ_regression: EvalResult | None, curve: PropensityCurve, debiased: bool) -> dict[str, Any]:
+    """What the registry keeps of a run: both sides' metrics, the training curve, the propensity curve."""
+    return {
+        "candidate": {"holdout": result.holdout.to_dict(),
+                      "regression": result.regression.to_dict() if result.regression else None},
+        "compared_with": {"version": champion, "holdout": champ_holdout.to_dict(),
+                          "regression": champ_regression.to_dict() if champ_regression else None},
+        "history": result.history,
+        "propensity": {"estimated": list(curve.values), **curve.to_dict(), "used": debiased},
+    }
+
+
 def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
               should_stop: Callable[[], bool], on_progress: Callable[[dict[str, Any]], None]) -> CycleOutcome:
     """Train, evaluate and register one candidate; the outcome is what the parent is told."""
@@ -134,14 +147,7 @@ def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
         settings.storage.artifacts_dir, version, result.state, ranker.peft_config(version),
         meta={"parent": champion.version, "run_id": run_id, "trigger": trigger, "base_model": ranker.base.model_id},
     )
-    metrics = {
-        "candidate": {"holdout": result.holdout.to_dict(),
-                      "regression": result.regression.to_dict() if result.regression else None},
-        "compared_with": {"version": champion.version, "holdout": champ_holdout.to_dict(),
-                          "regression": champ_regression.to_dict() if champ_regression else None},
-        "history": result.history,
-        "propensity": {"estimated": list(curve.values), **curve.to_dict(), "used": debiased},
-    }
+    metrics = _run_metrics(result, champion.version, champ_holdout, champ_regression, curve, debiased)
     summary = CycleSummary(
         device=str(ranker.device), quantization=ranker.base.quantization, artifact_path=str(info.path),
         metrics=metrics, n_train=len(splits.train), n_holdout=len(splits.holdout), best_step=result.best_step,

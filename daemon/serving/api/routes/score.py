@@ -22,6 +22,20 @@ from daemon.serving.scorer import ScoreTimeout
 from daemon.settings import Settings
 
 
+async def _texts(ctx: ApiContext, items: list[tuple[str, str | None]]) -> dict[str, str]:
+    """Each item's text: the request's own, else the catalog cache's (UnknownItems for the rest)."""
+    texts = {item_id: text for item_id, text in items if text is not None}
+    missing = [item_id for item_id, text in items if text is None]
+    if missing:
+        assert ctx.catalog is not None
+        known = await run_in_threadpool(ctx.catalog.lookup, missing)
+        unknown = [m for m in missing if m not in known]
+        if unknown:
+            raise UnknownItems(f"{len(unknown)} item(s) have no text and are not in the catalog: {unknown[:5]}")
+        texts.update(known)
+    return texts
+
+
 def build_router(settings: Settings) -> APIRouter:
     """The score route, with the request limits of `settings` in its schema (and so in the OpenAPI)."""
     max_text = settings.api.max_text_chars
@@ -61,15 +75,7 @@ def build_router(settings: Settings) -> APIRouter:
     @router.post("/v1/score", response_model=ScoreResponse, summary="Score and sort items for a query")
     async def score(body: ScoreRequest, ctx: ApiContext = Depends(get_ctx)) -> ScoreResponse:
         t0 = time.perf_counter()
-        texts = {i.item_id: i.text for i in body.items if i.text is not None}
-        missing = [i.item_id for i in body.items if i.text is None]
-        if missing:
-            assert ctx.catalog is not None
-            known = await run_in_threadpool(ctx.catalog.lookup, missing)
-            unknown = [m for m in missing if m not in known]
-            if unknown:
-                raise UnknownItems(f"{len(unknown)} item(s) have no text and are not in the catalog: {unknown[:5]}")
-            texts.update(known)
+        texts = await _texts(ctx, [(i.item_id, i.text) for i in body.items])
         ids = [i.item_id for i in body.items]
         future = ctx.scorer.submit([(body.query, texts[i]) for i in ids])
         timeout = ctx.settings.scorer.request_timeout_s
