@@ -97,3 +97,47 @@ def test_empty_holdout_refused() -> None:
     d = decide([], [], None, None, CFG)
     assert not d.passed
     assert "no query groups" in d.reasons[0]
+
+
+def test_thresholds_are_inclusive() -> None:
+    # powers of two, so that the means and differences are exact in floating point
+    cfg = CFG.model_copy(update=dict(min_ndcg_gain=2**-7, regression_tolerance=2**-6))
+    champ = np.full(80, 0.5)
+    exact = decide(champ + 2**-7, champ, champ - 2**-6, champ, cfg)  # gain == margin, loss == tolerance
+    assert exact.passed, exact.reasons
+    assert any(r.startswith("ok: NDCG@10 gain +0.0078") and ">= margin" in r for r in exact.reasons)
+    assert any(r.startswith("ok: regression") and "within tolerance" in r for r in exact.reasons)
+    below = decide(champ + 2**-8, champ, champ - 2**-5, champ, cfg)
+    assert not below.passed
+    assert any(r.startswith("fail: NDCG@10 gain") and "< margin" in r for r in below.reasons)
+    assert any(r.startswith("fail: regression") and "beyond tolerance" in r for r in below.reasons)
+
+
+def test_interval_and_summary_numbers() -> None:
+    champ = _champion(n=400)
+    diffs = np.random.default_rng(3).normal(0.02, 0.1, size=champ.size)
+    d = decide(champ + diffs, champ, None, None, CFG, seed=7)
+    se = diffs.std(ddof=1) / np.sqrt(diffs.size)
+    assert d.bootstrap_se == pytest.approx(se, rel=0.15)
+    # a 90% two-sided interval: about 1.645 SE either side of the mean gain
+    assert d.ci_low == pytest.approx(d.ndcg_gain - 1.645 * se, abs=0.4 * se)
+    assert d.ci_high == pytest.approx(d.ndcg_gain + 1.645 * se, abs=0.4 * se)
+    assert d.min_detectable_gain == pytest.approx((1.2816 + 0.8416) * d.bootstrap_se, rel=1e-3)
+    assert d.n_groups == 400
+    assert d.candidate_ndcg == pytest.approx(float((champ + diffs).mean()))
+    assert d.champion_ndcg == pytest.approx(float(champ.mean()))
+
+
+def test_empty_or_missing_regression_is_not_checked() -> None:
+    champ = _champion()
+    empty = decide(champ + 0.05, champ, [], [], CFG)
+    assert empty.passed and empty.regression_delta is None
+    assert "ok: regression holdout is empty; not checked" in empty.reasons
+    missing = decide(champ + 0.05, champ, None, None, CFG)
+    assert missing.passed and "ok: no regression holdout given; not checked" in missing.reasons
+    with pytest.raises(ValueError, match="both regression lists or neither"):
+        decide(champ, champ, champ, None, CFG)
+    with pytest.raises(ValueError, match="not aligned"):
+        decide(champ, champ, champ[:3], champ[:4], CFG)
+    nothing = decide([], [], None, None, CFG)
+    assert nothing.passed is False and nothing.reasons == ["fail: the holdout has no query groups"]
