@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,11 +13,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from daemon.metrics import Metrics
-from daemon.serving.api.app import create_app
-from daemon.serving.control import Reconciler, registered_loader
-from daemon.serving.scorer import Scorer
-from daemon.settings import Settings
 from storage import events_repo, registry
 from storage.db import session_scope
 from storage.models import AuditLog, utcnow
@@ -28,28 +24,8 @@ ITEMS = [{"item_id": "a", "text": "Red running shoe, mesh"}, {"item_id": "b", "t
 
 
 @pytest.fixture
-def make_client(serving_ranker: Any, sqlite_engine: Engine, artifacts_dir: Path,
-                serve_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
-    started: list[tuple[Scorer, TestClient]] = []
-
-    def make(**overrides: Any) -> TestClient:
-        settings = serve_settings(**overrides)
-        metrics = Metrics()
-        scorer = Scorer.from_settings(serving_ranker, settings, metrics=metrics,
-                                      loader=registered_loader(sqlite_engine, artifacts_dir))
-        scorer.start()
-        scorer.mark_ready()
-        reconciler = Reconciler(sqlite_engine, scorer, interval_s=60)
-        app = create_app(settings=settings, engine=sqlite_engine, scorer=scorer, metrics=metrics,
-                         reconciler=reconciler, ingest_stats=lambda: {"consumed": 7, "stored": 5, "lag": 2})
-        client = TestClient(app)
-        started.append((scorer, client))
-        return client
-
-    yield make
-    for scorer, client in started:
-        client.close()
-        scorer.stop()
+def make_client(api_clients: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    return functools.partial(api_clients, ingest_stats=lambda: {"consumed": 7, "stored": 5, "lag": 2})
 
 
 @pytest.fixture

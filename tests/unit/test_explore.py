@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, cast
 
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import Engine
 
-from daemon.metrics import Metrics
-from daemon.serving.api.app import create_app
-from daemon.serving.control import registered_loader
 from daemon.serving.explore import Explorer, shuffle_top_k, swap_adjacent
-from daemon.serving.scorer import Scorer
 from daemon.settings import Settings
 
 DRAWS = 20_000
@@ -70,24 +64,8 @@ ITEMS = [{"item_id": f"i{k}", "text": t} for k, t in enumerate([
 
 
 @pytest.fixture
-def make_client(serving_ranker: Any, sqlite_engine: Engine, artifacts_dir: Path,
-                serve_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
-    started: list[tuple[Scorer, TestClient]] = []
-
-    def make(**overrides: Any) -> TestClient:
-        settings = serve_settings(**overrides)
-        scorer = Scorer.from_settings(serving_ranker, settings, metrics=Metrics(),
-                                      loader=registered_loader(sqlite_engine, artifacts_dir))
-        scorer.start()
-        scorer.mark_ready()
-        client = TestClient(create_app(settings=settings, engine=sqlite_engine, scorer=scorer, metrics=Metrics()))
-        started.append((scorer, client))
-        return client
-
-    yield make
-    for scorer, client in started:
-        client.close()
-        scorer.stop()
+def make_client(api_clients: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    return api_clients
 
 
 def _post(client: TestClient) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
-from daemon.metrics import Metrics
-from daemon.serving.api.app import create_app
-from daemon.serving.control import Reconciler, registered_loader
-from daemon.serving.scorer import Scorer
-from daemon.settings import Settings
 from storage import events_repo, registry
 from storage.db import session_scope
 from storage.models import AuditLog, DriftReport, TrainingRun, utcnow
@@ -29,27 +25,8 @@ COUNTERS = {"consumed": 9, "stored": 7, "duplicates": 1, "dead_lettered": 1, "la
 
 
 @pytest.fixture
-def make_client(serving_ranker: Any, sqlite_engine: Engine, artifacts_dir: Path,
-                serve_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
-    started: list[tuple[Scorer, TestClient]] = []
-
-    def make(**overrides: Any) -> TestClient:
-        settings = serve_settings(**overrides)
-        metrics = Metrics()
-        scorer = Scorer.from_settings(serving_ranker, settings, metrics=metrics,
-                                      loader=registered_loader(sqlite_engine, artifacts_dir))
-        scorer.start()
-        scorer.mark_ready()
-        app = create_app(settings=settings, engine=sqlite_engine, scorer=scorer, metrics=metrics,
-                         reconciler=Reconciler(sqlite_engine, scorer, interval_s=60), ingest_stats=lambda: COUNTERS)
-        client = TestClient(app)
-        started.append((scorer, client))
-        return client
-
-    yield make
-    for scorer, client in started:
-        client.close()
-        scorer.stop()
+def make_client(api_clients: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    return functools.partial(api_clients, ingest_stats=lambda: COUNTERS)
 
 
 @pytest.fixture
