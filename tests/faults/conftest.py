@@ -4,7 +4,6 @@ so reconnects after metadata go through it too), and two `ranktune serve` replic
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from sqlalchemy.engine import Engine
 from daemon.tools.broker import EmbeddedBroker
 from storage.db import make_engine, upgrade
 from tests.faults.serve import Replica, start_replicas, stop_replicas
-from tests.fixtures.db import PG_SERVER_URL, _new_pg_database, pg_available
+from tests.fixtures.db import PG_SERVER_URL, _new_pg_database, require_pg
 from tests.fixtures.proxy import TcpProxy
 
 
@@ -41,13 +40,6 @@ class ProxiedPostgres:
         return self.direct_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{self.proxy.port}/")
 
 
-def _require_pg() -> None:
-    if not pg_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER_URL}")
-        pytest.skip("PostgreSQL not reachable")
-
-
 def start_proxied_broker(log: Path) -> ProxiedBroker:
     broker = EmbeddedBroker(log_file=log)
     proxy = TcpProxy(broker.host, broker.port).start()
@@ -69,7 +61,7 @@ def proxied_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied
 @pytest.fixture(scope="package")
 def proxied_pg() -> Iterator[ProxiedPostgres]:
     """A fresh PostgreSQL database at the current schema, and a proxy in front of it."""
-    _require_pg()
+    require_pg()
     assert "@127.0.0.1:5432/" in PG_SERVER_URL, "the proxy tests need the local PostgreSQL"
     url, drop = _new_pg_database()
     engine = make_engine(url)
@@ -80,20 +72,6 @@ def proxied_pg() -> Iterator[ProxiedPostgres]:
     finally:
         proxy.close()
         engine.dispose()
-        drop()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database at the current schema (direct)."""
-    _require_pg()
-    url, drop = _new_pg_database()
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    try:
-        yield url
-    finally:
         drop()
 
 

@@ -24,8 +24,7 @@ from daemon.serving.control import ControlPublisher
 from daemon.settings import Settings
 from daemon.tools.broker import EmbeddedBroker, free_port
 from daemon.training.promotion import promote, rollback
-from storage.db import make_engine, upgrade
-from tests.fixtures.db import _new_pg_database, pg_available
+from storage.db import make_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.broker, pytest.mark.postgres]
 
@@ -33,19 +32,12 @@ CONVERGE_S = 10.0
 
 
 @pytest.fixture
-def pg_engine() -> Iterator[tuple[str, Engine]]:
-    if not pg_available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not reachable")
-        pytest.skip("PostgreSQL not reachable")
-    url, drop = _new_pg_database()
-    eng = make_engine(url)
-    upgrade(eng)
+def pg_engine(pg_url: str) -> Iterator[tuple[str, Engine]]:
+    eng = make_engine(pg_url)
     try:
-        yield url, eng
+        yield pg_url, eng
     finally:
         eng.dispose()
-        drop()
 
 
 def _env(pg_url: str, broker: EmbeddedBroker, artifacts_dir: Path, port: int) -> dict[str, str]:

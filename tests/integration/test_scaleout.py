@@ -10,12 +10,11 @@ by simulator traffic.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,7 @@ from sqlalchemy.engine import Engine
 
 from daemon.tools.broker import EmbeddedBroker, free_port
 from storage import registry
-from storage.db import make_engine, session_scope, upgrade
-from tests.fixtures.db import _new_pg_database, pg_available
+from storage.db import make_engine, session_scope
 from tests.fixtures.ingest import IngestCase, IngestProcess, simulate, valid_ids, wait_until
 from tests.fixtures.training import small_training
 
@@ -34,22 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.broker, pytest.mark.postgres,
 
 TOKEN = "scaleout-operator-token-0123456789"
 RECONCILE_S = 15.0  # the replicas' periodic reconcile: the other replica must follow within it
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    if not pg_available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not reachable")
-        pytest.skip("PostgreSQL not reachable")
-    url, drop = _new_pg_database()
-    eng = make_engine(url)
-    upgrade(eng)
-    eng.dispose()
-    try:
-        yield url
-    finally:
-        drop()
 
 
 def _served(url: str) -> str | None:
