@@ -121,14 +121,10 @@ class RegistryAlias(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
-class DriftReport(SQLModel, table=True):
-    """One drift computation between the champion's reference window and the recent window."""
+class DriftStatistics(SQLModel):
+    """The numbers of one drift report: window sizes and each detector's statistic (None: not computed).
+    Shared by the table and the API's `DriftOut`."""
 
-    __tablename__ = "drift_reports"
-
-    id: int | None = Field(default=None, primary_key=True)
-    created_at: datetime = _ts(index=True)
-    champion_version: str = Field(max_length=32)
     n_reference: int
     n_recent: int
     score_psi: float | None = None
@@ -138,6 +134,16 @@ class DriftReport(SQLModel, table=True):
     recent_ndcg: float | None = None
     recent_auc: float | None = None
     reference_ndcg: float | None = None
+
+
+class DriftReport(DriftStatistics, table=True):
+    """One drift computation between the champion's reference window and the recent window."""
+
+    __tablename__ = "drift_reports"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _ts(index=True)
+    champion_version: str = Field(max_length=32)
     fired: bool = False
     reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     triggered_run_id: int | None = None

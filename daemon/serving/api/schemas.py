@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from storage.models import DriftStatistics
+
 
 class _Open(BaseModel):
     """A record stored as JSON whose writers may add fields: unknown fields are kept, not refused."""
@@ -181,19 +183,10 @@ class DriftThresholds(BaseModel):
     ndcg10_drop: float
 
 
-class DriftOut(BaseModel):
+class DriftOut(DriftStatistics):
     id: int
     created_at: datetime
     champion_version: str
-    n_reference: int
-    n_recent: int
-    score_psi: float | None = None
-    term_js: float | None = None
-    unseen_item_share: float | None = None
-    unseen_term_share: float | None = None
-    recent_ndcg: float | None = None
-    recent_auc: float | None = None
-    reference_ndcg: float | None = None
     ndcg10_drop: float | None = Field(None, description="reference_ndcg - recent_ndcg.")
     fired: bool
     reasons: list[str]
