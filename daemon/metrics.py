@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -55,89 +56,97 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.health: Health | None = None
         self._ingest: _IngestCollector | None = None
-        r = None  # each group is registered below, if its role runs here
-        # --- serving --------------------------------------------------------------------------------
-        self.requests = Counter(
-            "ranktune_requests", "Score requests answered, by outcome (ok or an error code).", ["status"], registry=r
-        )
-        self.request_latency = Histogram(
-            "ranktune_request_latency_seconds", "Score request latency, from arrival to answer.",
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.batch_size = Histogram(
-            "ranktune_scorer_batch_pairs", "Pairs per scorer round (one or more model forwards).",
-            buckets=_BATCH_BUCKETS, registry=r,
-        )
-        self.queue_depth = Gauge("ranktune_scorer_queue_depth", "Requests waiting for the scorer.", registry=r)
-        self.explored = Counter(
-            "ranktune_explored_responses", "Score responses shown in a perturbed order on purpose (exploration), "
-            "by mode.", ["mode"], registry=r,
-        )
-        self.swaps = Counter(
-            "ranktune_swaps", "Adapter hot-swaps, by outcome (ok, refused).", ["outcome"], registry=r
-        )
-        self.swap_duration = Histogram(
-            "ranktune_swap_duration_seconds", "Swap time from request to activation (load, stage, probe).",
-            buckets=_SWAP_BUCKETS, registry=r,
-        )
-        self.reconciles = Counter(
-            "ranktune_reconciles", "Reconciles of the served version with the registry's champion, by outcome "
-            "(unchanged, swapped, refused, failed).", ["outcome"], registry=r,
-        )
-        self.active_adapter = Info("ranktune_active_adapter", "The adapter version this scorer serves.", registry=r)
-        self.ready = Gauge("ranktune_ready", "1 when the model is loaded and serving.", registry=r)
-        self.champion = Info("ranktune_champion", "The registry's champion version, as this process last read it.",
-                             registry=r)
-        self.champion_ndcg = Gauge(
-            "ranktune_champion_holdout_ndcg", "Holdout NDCG@10 the champion had when it was trained "
-            "(NaN for the base model).", registry=r)
-        # --- training -------------------------------------------------------------------------------
-        self.training_runs = Counter(
-            "ranktune_training_runs", "Training runs finished in this process, by status "
-            "(succeeded, failed, cancelled, skipped).", ["status"], registry=r,
-        )
-        self.training_duration = Histogram(
-            "ranktune_training_duration_seconds", "Wall-clock time of finished training runs (not skipped ones).",
-            buckets=_TRAINING_BUCKETS, registry=r,
-        )
-        self.training_steps = Gauge("ranktune_training_steps", "Optimizer steps of the last succeeded run.",
-                                    registry=r)
-        self.training_pairs_per_second = Gauge(
-            "ranktune_training_pairs_per_second", "Training throughput of the last succeeded run "
-            "((query, item) pairs per second of optimisation).", registry=r)
-        self.training_in_progress = Gauge("ranktune_training_in_progress", "1 while a training run is running.",
-                                          registry=r)
-        self.gate_verdicts = Counter(
-            "ranktune_gate_verdicts", "Gate decisions on candidates, by outcome (passed, failed).", ["outcome"],
-            registry=r,
-        )
-        # --- drift ----------------------------------------------------------------------------------
-        self.drift_value = Gauge(
-            "ranktune_drift_statistic", "The latest drift report's value of each statistic (NaN: not measured).",
-            ["statistic"], registry=r)
-        self.drift_threshold = Gauge(
-            "ranktune_drift_threshold", "Configured threshold of each drift statistic.", ["statistic"], registry=r)
-        self.drift_floor = Gauge(
-            "ranktune_drift_noise_floor", "Noise floor of each statistic in the latest report; it fires above "
-            "threshold + floor.", ["statistic"], registry=r)
-        self.drift_checks = Counter(
-            "ranktune_drift_checks", "Drift checks, by outcome (fired, quiet, insufficient_data).", ["outcome"],
-            registry=r)
-        self.drift_last_check = Gauge(
-            "ranktune_drift_last_check_timestamp_seconds", "Unix time of the latest drift check.", registry=r)
-        # --- process --------------------------------------------------------------------------------
+        # each group is created unregistered, and registered below if its role runs here
+        serving = self._serving_metrics()
+        training = self._training_metrics()
         self.process = Info("ranktune_process", "The roles this process runs.", registry=self.registry)
         # process_start_time_seconds (restarts), process_resident_memory_bytes, process_cpu_seconds_total
         ProcessCollector(registry=self.registry)
         run = set(roles) if roles is not None else {"ingest", "scheduler", "serve"}
-        serving = [self.requests, self.request_latency, self.batch_size, self.queue_depth, self.explored, self.swaps,
-                   self.swap_duration, self.reconciles, self.active_adapter, self.ready, self.champion,
-                   self.champion_ndcg]
-        training = [self.training_runs, self.training_duration, self.training_steps, self.training_pairs_per_second,
-                    self.training_in_progress, self.gate_verdicts, self.drift_value, self.drift_threshold,
-                    self.drift_floor, self.drift_checks, self.drift_last_check]
         for metric in (serving if run & {"serve", "scheduler"} else []) + (training if "scheduler" in run else []):
             self.registry.register(metric)
+        self._prime_labels()
+
+    def _serving_metrics(self) -> list[MetricWrapperBase]:
+        """The scorer's metrics (requests, batches, swaps, reconciles, the served and champion versions)."""
+        self.requests = Counter(
+            "ranktune_requests", "Score requests answered, by outcome (ok or an error code).", ["status"], registry=None
+        )
+        self.request_latency = Histogram(
+            "ranktune_request_latency_seconds", "Score request latency, from arrival to answer.",
+            buckets=_LATENCY_BUCKETS, registry=None,
+        )
+        self.batch_size = Histogram(
+            "ranktune_scorer_batch_pairs", "Pairs per scorer round (one or more model forwards).",
+            buckets=_BATCH_BUCKETS, registry=None,
+        )
+        self.queue_depth = Gauge("ranktune_scorer_queue_depth", "Requests waiting for the scorer.", registry=None)
+        self.explored = Counter(
+            "ranktune_explored_responses", "Score responses shown in a perturbed order on purpose (exploration), "
+            "by mode.", ["mode"], registry=None,
+        )
+        self.swaps = Counter(
+            "ranktune_swaps", "Adapter hot-swaps, by outcome (ok, refused).", ["outcome"], registry=None
+        )
+        self.swap_duration = Histogram(
+            "ranktune_swap_duration_seconds", "Swap time from request to activation (load, stage, probe).",
+            buckets=_SWAP_BUCKETS, registry=None,
+        )
+        self.reconciles = Counter(
+            "ranktune_reconciles", "Reconciles of the served version with the registry's champion, by outcome "
+            "(unchanged, swapped, refused, failed).", ["outcome"], registry=None,
+        )
+        self.active_adapter = Info("ranktune_active_adapter", "The adapter version this scorer serves.", registry=None)
+        self.ready = Gauge("ranktune_ready", "1 when the model is loaded and serving.", registry=None)
+        self.champion = Info("ranktune_champion", "The registry's champion version, as this process last read it.",
+                             registry=None)
+        self.champion_ndcg = Gauge(
+            "ranktune_champion_holdout_ndcg", "Holdout NDCG@10 the champion had when it was trained "
+            "(NaN for the base model).", registry=None)
+        return [self.requests, self.request_latency, self.batch_size, self.queue_depth, self.explored, self.swaps,
+                self.swap_duration, self.reconciles, self.active_adapter, self.ready, self.champion,
+                self.champion_ndcg]
+
+    def _training_metrics(self) -> list[MetricWrapperBase]:
+        """The scheduler's metrics: training runs, gate verdicts and drift checks."""
+        self.training_runs = Counter(
+            "ranktune_training_runs", "Training runs finished in this process, by status "
+            "(succeeded, failed, cancelled, skipped).", ["status"], registry=None,
+        )
+        self.training_duration = Histogram(
+            "ranktune_training_duration_seconds", "Wall-clock time of finished training runs (not skipped ones).",
+            buckets=_TRAINING_BUCKETS, registry=None,
+        )
+        self.training_steps = Gauge("ranktune_training_steps", "Optimizer steps of the last succeeded run.",
+                                    registry=None)
+        self.training_pairs_per_second = Gauge(
+            "ranktune_training_pairs_per_second", "Training throughput of the last succeeded run "
+            "((query, item) pairs per second of optimisation).", registry=None)
+        self.training_in_progress = Gauge("ranktune_training_in_progress", "1 while a training run is running.",
+                                          registry=None)
+        self.gate_verdicts = Counter(
+            "ranktune_gate_verdicts", "Gate decisions on candidates, by outcome (passed, failed).", ["outcome"],
+            registry=None,
+        )
+        self.drift_value = Gauge(
+            "ranktune_drift_statistic", "The latest drift report's value of each statistic (NaN: not measured).",
+            ["statistic"], registry=None)
+        self.drift_threshold = Gauge(
+            "ranktune_drift_threshold", "Configured threshold of each drift statistic.", ["statistic"], registry=None)
+        self.drift_floor = Gauge(
+            "ranktune_drift_noise_floor", "Noise floor of each statistic in the latest report; it fires above "
+            "threshold + floor.", ["statistic"], registry=None)
+        self.drift_checks = Counter(
+            "ranktune_drift_checks", "Drift checks, by outcome (fired, quiet, insufficient_data).", ["outcome"],
+            registry=None)
+        self.drift_last_check = Gauge(
+            "ranktune_drift_last_check_timestamp_seconds", "Unix time of the latest drift check.", registry=None)
+        return [self.training_runs, self.training_duration, self.training_steps, self.training_pairs_per_second,
+                self.training_in_progress, self.gate_verdicts, self.drift_value, self.drift_threshold,
+                self.drift_floor, self.drift_checks, self.drift_last_check]
+
+    def _prime_labels(self) -> None:
+        """Create every known label value at 0, so that rates and alerts see a series from the start."""
         for outcome in ("ok", "refused"):
             self.swaps.labels(outcome=outcome)
         for mode in ("swap_adjacent", "shuffle_top_k"):
