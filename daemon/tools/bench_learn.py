@@ -35,7 +35,9 @@ import numpy as np
 
 __all__ = ["main", "markdown", "run", "run_one"]
 
+from daemon.tools.bench_learn_drift import run_drift
 from daemon.tools.bench_learn_proxy import ProxyModel
+from daemon.tools.serving_quality import judged_ndcg
 
 log = logging.getLogger("bench_learn")
 
@@ -77,21 +79,72 @@ def _truth_groups(events: Sequence[dict[str, Any]]) -> list[Any]:
     return build_groups(rows, lambda _: None)
 
 
-def _gt_ndcg(score: Callable[[str, Sequence[str]], Any], judged: Sequence[dict[str, Any]]) -> list[float]:
-    from adapters.ranking_metrics import ndcg_at_k
+def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: Callable[[str, Sequence[str]], Any],
+           method: str) -> Any:
+    """The propensity curve the corrected learner uses: estimated from the logs by `method`, or the
+    simulator's own (`true`, normalized to position 1)."""
+    from adapters import propensity as prop
 
-    return [ndcg_at_k(np.asarray(score(j["query"], [i["text"] for i in j["items"]])),
-                      [i["grade"] for i in j["items"]]) for j in judged]
+    if method == "true":
+        return prop.PropensityCurve(tuple(v / true_curve[0] for v in true_curve), "true", 0, 0)
+
+    def features(g: Any) -> np.ndarray:
+        return np.asarray(zero_shot(g.query, g.texts), dtype=np.float64)[:, None]
+
+    return prop.estimate(list(groups), len(true_curve), features=features, method=method)
+
+
+def _train_learner(ranker: Any, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int, n_pos: int,
+                   curve: Any, holdout: Sequence[Any], judged: Sequence[dict[str, Any]], zs_gt: Sequence[float],
+                   fair_zero: Sequence[float], raw_zero: Sequence[float]) -> dict[str, Any]:
+    """Train one learner on `data`, then judge it: ground truth on unseen queries, and the gate against
+    zero-shot on the click holdout, debiased (`fair`) and raw. Returns its row of the table."""
+    from adapters.config import GateConfig, TrainConfig
+    from adapters.gate import decide
+    from adapters.ranking_metrics import evaluate_groups
+    from adapters.training import train
+
+    cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"], residual_scale=opts["residual_scale"],
+                      eval_every_steps=opts["eval_every"], max_items_per_group=n_pos, patience=3, min_groups=10,
+                      max_seconds=1800, seed=seed, debias="ips" if learner == "corrected" else "none",
+                      ips_max_weight=opts["ips_max_weight"])
+    used_curve = curve.values if learner == "corrected" else None
+    if opts["model"] == "proxy":
+        proxy = ProxyModel(ranker)
+        fit = proxy.fit(data, cfg, used_curve)
+        res_s, steps, best_step, scale = fit["seconds"], fit["steps"], fit["best_step"], fit["residual_scale"]
+        cand: Callable[[str, Sequence[str]], Any] = proxy.score
+    else:
+        res = train(ranker, data, cfg, adapter_name=name, propensity=used_curve)
+        res_s, steps, best_step, scale = res.seconds, res.steps, res.best_step, res.residual_scale
+
+        def cand(q: str, t: Sequence[str]) -> Any:
+            return ranker.score(q, t, adapter=name)
+
+    gt = judged_ndcg(cand, judged)
+    gate_cfg = GateConfig()
+    fair = decide(evaluate_groups(cand, holdout, propensity=curve.values, max_weight=opts["ips_max_weight"]
+                                  ).per_group_ndcg, fair_zero, None, None, gate_cfg, seed=seed)
+    raw = decide(evaluate_groups(cand, holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed)
+    if opts["model"] != "proxy":
+        ranker.delete_adapter(name)
+    diffs = np.asarray(gt) - np.asarray(zs_gt)
+    return {
+        "gt_ndcg10": float(np.mean(gt)), "gt_gain": float(diffs.mean()),
+        "gt_gain_se": float(diffs.std(ddof=1) / np.sqrt(diffs.size)),
+        "fair_gate": fair.passed, "fair_gain": fair.ndcg_gain, "fair_p": fair.bootstrap_p_gain,
+        "min_detectable_gain": fair.min_detectable_gain,
+        "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
+        "train_s": round(res_s, 1), "steps": steps, "best_step": best_step, "residual_scale": scale,
+    }
 
 
 def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """One shop and seed: logs, propensity, learners, gates, ground truth. Returns a JSON-ready dict."""
     from adapters import propensity as prop
-    from adapters.config import GateConfig, SplitConfig, TrainConfig
+    from adapters.config import SplitConfig
     from adapters.dataset import build_groups, split
-    from adapters.gate import decide
     from adapters.ranking_metrics import evaluate_groups
-    from adapters.training import train
     from daemon.tools.shops import FamilyShop
 
     t0 = time.monotonic()
@@ -105,13 +158,7 @@ def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str
     sim_s = time.monotonic() - t0
     n_pos = spec.page_size
     true_curve = shop.spec.clicks.curve(n_pos)
-    if opts["propensity"] == "true":
-        curve = prop.PropensityCurve(tuple(v / true_curve[0] for v in true_curve), "true", 0, 0)
-    else:
-        def features(g: Any) -> np.ndarray:
-            return np.asarray(zero_shot(g.query, g.texts), dtype=np.float64)[:, None]
-
-        curve = prop.estimate(groups, n_pos, features=features, method=opts["propensity"])
+    curve = _curve(groups, true_curve, zero_shot, opts["propensity"])
     prop_err = prop.max_relative_error(curve.values, true_curve, min(10, n_pos))
 
     window = groups[-opts["train_pages"]:]
@@ -121,53 +168,21 @@ def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str
     truth = [g for g in _truth_groups(events) if g.key in keys]
     truth_splits = split(truth, split_cfg)
     judged = shop.judgements(opts["judged_queries"], opts["candidates"])
-    gate_cfg = GateConfig()
 
     rows: dict[str, dict[str, Any]] = {}
-    zs_gt = _gt_ndcg(zero_shot, judged)
+    zs_gt = judged_ndcg(zero_shot, judged)
     rows["zero-shot"] = {"gt_ndcg10": float(np.mean(zs_gt)), "train_s": 0.0}
     fair_zero = evaluate_groups(zero_shot, splits.holdout, propensity=curve.values,
                                 max_weight=opts["ips_max_weight"]).per_group_ndcg
     raw_zero = evaluate_groups(zero_shot, splits.holdout).per_group_ndcg
     for learner in opts["learners"]:
-        name = f"b-{spec.name}-{seed}-{learner}"[:60]
-        cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"],
-                          residual_scale=opts["residual_scale"],
-                          eval_every_steps=opts["eval_every"], max_items_per_group=n_pos, patience=3,
-                          min_groups=10, max_seconds=1800, seed=seed,
-                          debias="ips" if learner == "corrected" else "none", ips_max_weight=opts["ips_max_weight"])
         data = truth_splits if learner == "ceiling" else splits
-        used_curve = curve.values if learner == "corrected" else None
-        if opts["model"] == "proxy":
-            proxy = ProxyModel(ranker)
-            fit = proxy.fit(data, cfg, used_curve)
-            res_s, steps, best_step, scale = fit["seconds"], fit["steps"], fit["best_step"], fit["residual_scale"]
-            cand: Callable[[str, Sequence[str]], Any] = proxy.score
-        else:
-            res = train(ranker, data, cfg, adapter_name=name, propensity=used_curve)
-            res_s, steps, best_step, scale = res.seconds, res.steps, res.best_step, res.residual_scale
-
-            def cand(q: str, t: Sequence[str], name: str = name) -> Any:
-                return ranker.score(q, t, adapter=name)
-
-        gt = _gt_ndcg(cand, judged)
-        fair = decide(evaluate_groups(cand, splits.holdout, propensity=curve.values,
-                                      max_weight=opts["ips_max_weight"]).per_group_ndcg,
-                      fair_zero, None, None, gate_cfg, seed=seed)
-        raw = decide(evaluate_groups(cand, splits.holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed)
-        diffs = np.asarray(gt) - np.asarray(zs_gt)
-        rows[learner] = {
-            "gt_ndcg10": float(np.mean(gt)), "gt_gain": float(diffs.mean()),
-            "gt_gain_se": float(diffs.std(ddof=1) / np.sqrt(diffs.size)),
-            "fair_gate": fair.passed, "fair_gain": fair.ndcg_gain, "fair_p": fair.bootstrap_p_gain,
-            "min_detectable_gain": fair.min_detectable_gain,
-            "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
-            "train_s": round(res_s, 1), "steps": steps, "best_step": best_step, "residual_scale": scale,
-        }
-        if opts["model"] != "proxy":
-            ranker.delete_adapter(name)
+        rows[learner] = _train_learner(ranker, learner, f"b-{spec.name}-{seed}-{learner}"[:60], data, opts, seed=seed,
+                                       n_pos=n_pos, curve=curve, holdout=splits.holdout, judged=judged, zs_gt=zs_gt,
+                                       fair_zero=fair_zero, raw_zero=raw_zero)
         log.info("%s seed %d %s: gt %.4f (zero-shot %.4f) fair gate %s raw gate %s, %.0fs", spec.name, seed, learner,
-                 rows[learner]["gt_ndcg10"], rows["zero-shot"]["gt_ndcg10"], fair.passed, raw.passed, res_s)
+                 rows[learner]["gt_ndcg10"], rows["zero-shot"]["gt_ndcg10"], rows[learner]["fair_gate"],
+                 rows[learner]["raw_gate"], rows[learner]["train_s"])
     promoted = rows.get("corrected", {})
     prom_gt = promoted["gt_ndcg10"] if promoted.get("fair_gate") else rows["zero-shot"]["gt_ndcg10"]
     return {
@@ -183,101 +198,6 @@ def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str
                      "gt_gain": prom_gt - rows["zero-shot"]["gt_ndcg10"]},
         "model": opts["model"], "simulate_s": round(sim_s, 1), "total_s": round(time.monotonic() - t0, 1),
     }
-
-
-def run_drift(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
-    """No forgetting: champion trained before a drift, new champion after it (warm start, replay, the
-    spread regression sample, the fair gate). Judged on unseen post-drift queries, split into the
-    categories whose taste the drift changed and those it left unchanged."""
-    import copy
-    from dataclasses import replace
-
-    import torch
-
-    from adapters import propensity as prop
-    from adapters.config import GateConfig, SplitConfig, TrainConfig
-    from adapters.dataset import build_groups, split
-    from adapters.gate import decide
-    from adapters.ranking_metrics import evaluate_groups
-    from adapters.training import train
-    from daemon.tools.shops import FamilyShop
-
-    t0 = time.monotonic()
-    spec = replace(spec, drift_categories=0.5)
-    shop = FamilyShop(spec, seed)
-    n_pos = spec.page_size
-    gate_cfg = GateConfig()
-    split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.15, replay_ratio=0.5, seed=seed)
-    cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"], eval_every_steps=opts["eval_every"],
-                      max_items_per_group=n_pos, patience=3, min_groups=10, max_seconds=1800, seed=seed,
-                      debias="ips", ips_max_weight=opts["ips_max_weight"], residual_scale=opts["residual_scale"])
-
-    def zero_shot(q: str, t: Sequence[str]) -> Any:
-        return ranker.score(q, t, adapter=None)
-
-    def curve_of(groups: Sequence[Any]) -> Any:
-        return prop.estimate(groups, n_pos, features=lambda g: np.asarray(zero_shot(g.query, g.texts))[:, None])
-
-    def fit(name: str, data: Any, curve: Any, init: Any) -> Callable[[str, Sequence[str]], Any]:
-        if opts["model"] == "proxy":
-            model = ProxyModel(ranker)
-            if init is not None:
-                with torch.no_grad():
-                    model.a.copy_(init.a)
-                    model.v.copy_(init.v)
-            model.fit(data, cfg, curve.values)
-            fit.last = model  # type: ignore[attr-defined]
-            return model.score
-        state = None if init is None else ranker.adapter_state(init)
-        scale = None if init is None else ranker.residual_scale(init)
-        train(ranker, data, cfg, adapter_name=name, propensity=curve.values, init_state=state, init_scale=scale)
-        fit.last = name  # type: ignore[attr-defined]
-        return lambda q, t: ranker.score(q, t, adapter=name)
-
-    # phase 1: pre-drift logs, the first champion
-    pre_events = list(shop.traffic(opts["log_pages"], order=zero_shot, phase="pre"))
-    pre_groups = build_groups(pre_events, lambda _: None)
-    curve1 = curve_of(pre_groups)
-    window1 = pre_groups[-opts["train_pages"]:]
-    s1 = split(window1, split_cfg)
-    cand1 = fit(f"d-{spec.name}-{seed}-1"[:60], s1, curve1, None)
-    g1 = decide(evaluate_groups(cand1, s1.holdout, propensity=curve1.values).per_group_ndcg,
-                evaluate_groups(zero_shot, s1.holdout, propensity=curve1.values).per_group_ndcg, None, None,
-                gate_cfg, seed=seed)
-    champion = cand1 if g1.passed else zero_shot
-    champ_ref = copy.copy(getattr(fit, "last", None)) if g1.passed else None
-
-    # phase 2: post-drift logs ordered by the champion; a new candidate warm-started from it
-    post_events = list(shop.traffic(opts["log_pages"] // 2, order=champion, phase="post",
-                                    start=pre_events[-1]["ts"]))
-    post_groups = build_groups(post_events, lambda _: None)
-    curve2 = curve_of(post_groups)
-    window2 = post_groups[-opts["train_pages"]:]
-    s2 = split(window2, split_cfg, previous=window1)
-    cand2 = fit(f"d-{spec.name}-{seed}-2"[:60], s2, curve2, champ_ref)
-
-    def ips(fn: Callable[[str, Sequence[str]], Any], groups: Sequence[Any]) -> list[float]:
-        return evaluate_groups(fn, groups, propensity=curve2.values).per_group_ndcg
-
-    g2 = decide(ips(cand2, s2.holdout), ips(champion, s2.holdout), ips(cand2, s2.regression) if s2.regression
-                else None, ips(champion, s2.regression) if s2.regression else None, gate_cfg, seed=seed)
-    new_champion = cand2 if g2.passed else champion
-
-    judged = shop.judgements(opts["judged_queries"] * 2, opts["candidates"], phase="post")
-    drifted = [j for j in judged if j["intent"]["category"] in shop.drifted]
-    unchanged = [j for j in judged if j["intent"]["category"] not in shop.drifted]
-    out: dict[str, Any] = {"shop": spec.name, "seed": seed, "model": opts["model"], "drifted_categories":
-                           sorted(shop.drifted), "gate1": g1.passed, "gate2": g2.passed,
-                           "gate2_regression_delta": g2.regression_delta, "n_regression": len(s2.regression),
-                           "n_replay": s2.replay_count}
-    for label, js in (("drifted", drifted), ("unchanged", unchanged)):
-        for who, fn in (("zero_shot", zero_shot), ("champion", champion), ("candidate", cand2),
-                        ("new_champion", new_champion)):
-            out[f"{label}_{who}"] = float(np.mean(_gt_ndcg(fn, js))) if js else None
-        out[f"{label}_n"] = len(js)
-    out["total_s"] = round(time.monotonic() - t0, 1)
-    log.info("drift %s seed %d: %s", spec.name, seed, json.dumps(out))
-    return out
 
 
 def markdown(results: Sequence[dict[str, Any]]) -> str:

@@ -19,10 +19,13 @@ def judgements(seed: int = 7, n_items: int = 300, n_queries: int = 40, candidate
     return [q for phase in ("pre", "post") for q in eval_judgements(cfg, phase, n_queries, candidates)]
 
 
+def judged_ndcg(score: Callable[[str, Sequence[str]], Any], judged: Sequence[dict[str, Any]], k: int = 10
+                ) -> list[float]:
+    """NDCG@k of `score(query, texts)`'s ranking of every judged query's items, one value per query."""
+    return [ndcg_at_k(np.asarray(score(q["query"], [it["text"] for it in q["items"]])),
+                      [it["grade"] for it in q["items"]], k) for q in judged]
+
+
 def per_query_ndcg(score: ScorePairs, judged: Sequence[dict[str, Any]], k: int = 10) -> np.ndarray:
-    """NDCG@k of `score`'s ranking of every judged query's items, one value per query."""
-    out = []
-    for q in judged:
-        scores = score([(q["query"], it["text"]) for it in q["items"]])
-        out.append(ndcg_at_k(scores, [it["grade"] for it in q["items"]], k))
-    return np.asarray(out, dtype=np.float64)
+    """`judged_ndcg` for a scorer of (query, text) pairs."""
+    return np.asarray(judged_ndcg(lambda q, texts: score([(q, t) for t in texts]), judged, k), dtype=np.float64)

@@ -251,13 +251,7 @@ class FamilyShop:
             intent = self.sample_intent(rng)
             query = self.render_query(intent, rng)
             cand = self.retrieve(query, spec.retrieve, nrng if spec.policy == "lexical" else None, spec.lexical_noise)
-            if spec.policy == "random":
-                rng.shuffle(cand)
-            elif spec.policy == "closed":
-                assert order is not None
-                scores = np.asarray(order(query, [self.items[i].text for i in cand]), dtype=np.float64)
-                cand = [cand[j] for j in np.argsort(-scores, kind="stable")]
-            shown = cand[: spec.page_size]
+            shown = self._ordered(cand, query, rng, order)[: spec.page_size]
             ranked = list(range(len(shown)))
             explore = spec.explore_rate > 0 and rng.random() < spec.explore_rate
             if explore:
@@ -295,6 +289,16 @@ class FamilyShop:
                         yield event("purchase", pos, ts + timedelta(seconds=3 + pos))
                         if spec.clicks.stop_after_purchase:
                             break
+
+    def _ordered(self, cand: list[int], query: str, rng: random.Random, order: OrderFn | None) -> list[int]:
+        """The retrieved candidates in the order the shop's logging policy shows them."""
+        if self.spec.policy == "random":
+            rng.shuffle(cand)
+        elif self.spec.policy == "closed":
+            assert order is not None
+            scores = np.asarray(order(query, [self.items[i].text for i in cand]), dtype=np.float64)
+            cand = [cand[j] for j in np.argsort(-scores, kind="stable")]
+        return cand
 
     def judgements(self, n_queries: int = 60, candidates: int = 30, phase: str = "pre",
                    stream: str = "judgements") -> list[dict[str, Any]]:

@@ -1,0 +1,128 @@
+"""`ranktune bench learn --drift`: the no-forgetting protocol (see `run_drift`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from daemon.tools.bench_learn_proxy import ProxyModel
+from daemon.tools.serving_quality import judged_ndcg
+
+__all__ = ["run_drift"]
+
+log = logging.getLogger("bench_learn")
+
+
+def _fit(ranker: Any, opts: dict[str, Any], cfg: Any, name: str, data: Any, curve: Any, init: Any
+         ) -> tuple[Callable[[str, Sequence[str]], Any], Any]:
+    """Train a candidate (warm-started from `init`, a handle returned by an earlier call, when given);
+    returns its scorer and its handle (the proxy model, or the adapter's name)."""
+    import torch
+
+    from adapters.training import train
+
+    if opts["model"] == "proxy":
+        model = ProxyModel(ranker)
+        if init is not None:
+            with torch.no_grad():
+                model.a.copy_(init.a)
+                model.v.copy_(init.v)
+        model.fit(data, cfg, curve.values)
+        return model.score, model
+    state = None if init is None else ranker.adapter_state(init)
+    scale = None if init is None else ranker.residual_scale(init)
+    train(ranker, data, cfg, adapter_name=name, propensity=curve.values, init_state=state, init_scale=scale)
+    return (lambda q, t: ranker.score(q, t, adapter=name)), name
+
+
+def _judged(shop: Any, opts: dict[str, Any], models: dict[str, Callable[[str, Sequence[str]], Any]]
+            ) -> dict[str, Any]:
+    """Mean ground-truth NDCG@10 of each model on unseen post-drift queries, split into the categories
+    the drift changed and those it left unchanged."""
+    judged = shop.judgements(opts["judged_queries"] * 2, opts["candidates"], phase="post")
+    drifted = [j for j in judged if j["intent"]["category"] in shop.drifted]
+    unchanged = [j for j in judged if j["intent"]["category"] not in shop.drifted]
+    out: dict[str, Any] = {}
+    for label, js in (("drifted", drifted), ("unchanged", unchanged)):
+        for who, fn in models.items():
+            out[f"{label}_{who}"] = float(np.mean(judged_ndcg(fn, js))) if js else None
+        out[f"{label}_n"] = len(js)
+    return out
+
+
+def _configs(opts: dict[str, Any], seed: int, n_pos: int) -> tuple[Any, Any, Any]:
+    """(gate, split, train) configs of the protocol: warm start with replay, a regression sample, IPS."""
+    from adapters.config import GateConfig, SplitConfig, TrainConfig
+
+    split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.15, replay_ratio=0.5, seed=seed)
+    cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"], eval_every_steps=opts["eval_every"],
+                      max_items_per_group=n_pos, patience=3, min_groups=10, max_seconds=1800, seed=seed,
+                      debias="ips", ips_max_weight=opts["ips_max_weight"], residual_scale=opts["residual_scale"])
+    return GateConfig(), split_cfg, cfg
+
+
+def run_drift(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """No forgetting: champion trained before a drift, new champion after it (warm start, replay, the
+    spread regression sample, the fair gate). Judged on unseen post-drift queries, split into the
+    categories whose taste the drift changed and those it left unchanged."""
+    from dataclasses import replace
+
+    from adapters import propensity as prop
+    from adapters.dataset import build_groups, split
+    from adapters.gate import decide
+    from adapters.ranking_metrics import evaluate_groups
+    from daemon.tools.shops import FamilyShop
+
+    t0 = time.monotonic()
+    spec = replace(spec, drift_categories=0.5)
+    shop = FamilyShop(spec, seed)
+    n_pos = spec.page_size
+    gate_cfg, split_cfg, cfg = _configs(opts, seed, n_pos)
+
+    def zero_shot(q: str, t: Sequence[str]) -> Any:
+        return ranker.score(q, t, adapter=None)
+
+    def curve_of(groups: Sequence[Any]) -> Any:
+        return prop.estimate(groups, n_pos, features=lambda g: np.asarray(zero_shot(g.query, g.texts))[:, None])
+
+    # phase 1: pre-drift logs, the first champion
+    pre_events = list(shop.traffic(opts["log_pages"], order=zero_shot, phase="pre"))
+    pre_groups = build_groups(pre_events, lambda _: None)
+    curve1 = curve_of(pre_groups)
+    window1 = pre_groups[-opts["train_pages"]:]
+    s1 = split(window1, split_cfg)
+    cand1, handle1 = _fit(ranker, opts, cfg, f"d-{spec.name}-{seed}-1"[:60], s1, curve1, None)
+    g1 = decide(evaluate_groups(cand1, s1.holdout, propensity=curve1.values).per_group_ndcg,
+                evaluate_groups(zero_shot, s1.holdout, propensity=curve1.values).per_group_ndcg, None, None,
+                gate_cfg, seed=seed)
+    champion = cand1 if g1.passed else zero_shot
+    champ_ref = handle1 if g1.passed else None
+
+    # phase 2: post-drift logs ordered by the champion; a new candidate warm-started from it
+    post_events = list(shop.traffic(opts["log_pages"] // 2, order=champion, phase="post",
+                                    start=pre_events[-1]["ts"]))
+    post_groups = build_groups(post_events, lambda _: None)
+    curve2 = curve_of(post_groups)
+    window2 = post_groups[-opts["train_pages"]:]
+    s2 = split(window2, split_cfg, previous=window1)
+    cand2, _ = _fit(ranker, opts, cfg, f"d-{spec.name}-{seed}-2"[:60], s2, curve2, champ_ref)
+
+    def ips(fn: Callable[[str, Sequence[str]], Any], groups: Sequence[Any]) -> list[float]:
+        return evaluate_groups(fn, groups, propensity=curve2.values).per_group_ndcg
+
+    g2 = decide(ips(cand2, s2.holdout), ips(champion, s2.holdout), ips(cand2, s2.regression) if s2.regression
+                else None, ips(champion, s2.regression) if s2.regression else None, gate_cfg, seed=seed)
+    new_champion = cand2 if g2.passed else champion
+
+    models = {"zero_shot": zero_shot, "champion": champion, "candidate": cand2, "new_champion": new_champion}
+    out = {"shop": spec.name, "seed": seed, "model": opts["model"], "drifted_categories": sorted(shop.drifted),
+           "gate1": g1.passed, "gate2": g2.passed, "gate2_regression_delta": g2.regression_delta,
+           "n_regression": len(s2.regression), "n_replay": s2.replay_count, **_judged(shop, opts, models),
+           "total_s": round(time.monotonic() - t0, 1)}
+    log.info("drift %s seed %d: %s", spec.name, seed, json.dumps(out))
+    return out
