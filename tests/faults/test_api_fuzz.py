@@ -4,20 +4,13 @@ MAX_EXAMPLES generated cases per operation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from sqlalchemy.engine import Engine
 
-from daemon.metrics import Metrics
-from daemon.serving.api.app import create_app
-from daemon.serving.control import Reconciler, registered_loader
-from daemon.serving.scorer import Scorer
-from daemon.settings import Settings
 from tests.fixtures.scoring import TOKEN
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -27,21 +20,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def api_schema(serving_ranker: Any, sqlite_engine: Engine, artifacts_dir: Path,
-               serve_settings: Callable[..., Settings]) -> Iterator[Any]:
-    s = serve_settings()
-    metrics = Metrics()
-    scorer = Scorer.from_settings(serving_ranker, s, metrics=metrics,
-                                  loader=registered_loader(sqlite_engine, artifacts_dir))
-    scorer.start()
-    scorer.mark_ready()
-    app = create_app(settings=s, engine=sqlite_engine, scorer=scorer, metrics=metrics,
-                     reconciler=Reconciler(sqlite_engine, scorer, interval_s=60),
-                     ingest_stats=lambda: {"consumed": 1, "stored": 1, "lag": 0})
-    try:
-        yield schemathesis.openapi.from_asgi("/openapi.json", app)
-    finally:
-        scorer.stop()
+def api_schema(api_clients: Callable[..., Any]) -> Any:
+    client = api_clients(ingest_stats=lambda: {"consumed": 1, "stored": 1, "lag": 0})
+    return schemathesis.openapi.from_asgi("/openapi.json", client.app)
 
 
 def _check(case: Any) -> None:
