@@ -267,18 +267,22 @@ class FastBase:
 
     def cosine(self, queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
         """Cosine of the bare base's pooled embeddings per pair (embeddings cached per text)."""
+        e = self.embeddings([*queries, *texts])
+        return (e[: len(queries)] * e[len(queries):]).sum(dim=1)
+
+    def embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm pooled embeddings of the bare base, one row per text (cached per text, LRU)."""
         with self._lock:
-            missing = [t for t in dict.fromkeys([*queries, *texts]) if t not in self._embeddings]
+            missing = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
         fresh = self._embed(missing) if missing else []
         with self._lock:
             self._embeddings.update(zip(missing, fresh, strict=True))
-            qe = torch.stack([self._embeddings[q] for q in queries])
-            te = torch.stack([self._embeddings[t] for t in texts])
-            for t in (*queries, *texts):
+            out = torch.stack([self._embeddings[t] for t in texts])
+            for t in texts:
                 self._embeddings.move_to_end(t)
             while len(self._embeddings) > _CACHE_SIZE:
                 self._embeddings.popitem(last=False)
-        return (qe * te).sum(dim=1)
+        return out
 
     def _embed(self, texts: list[str]) -> list[torch.Tensor]:
         assert self._body is not None

@@ -36,6 +36,7 @@ import numpy as np
 __all__ = ["main", "markdown", "run", "run_one"]
 
 from daemon.tools.bench_learn_drift import run_drift
+from daemon.tools.bench_learn_models import BenchScoring
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -94,9 +95,9 @@ def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: Callab
     return prop.estimate(list(groups), len(true_curve), features=features, method=method)
 
 
-def _train_learner(ranker: Any, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int, n_pos: int,
-                   curve: Any, holdout: Sequence[Any], judged: Sequence[dict[str, Any]], zs_gt: Sequence[float],
-                   fair_zero: Sequence[float], raw_zero: Sequence[float]) -> dict[str, Any]:
+def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int,
+                   n_pos: int, curve: Any, holdout: Sequence[Any], judged: Sequence[dict[str, Any]],
+                   zs_gt: Sequence[float], fair_zero: Sequence[float], raw_zero: Sequence[float]) -> dict[str, Any]:
     """Train one learner on `data`, then judge it: ground truth on unseen queries, and the gate against
     zero-shot on the click holdout, debiased (`fair`) and raw. Returns its row of the table."""
     from adapters.config import GateConfig, TrainConfig
@@ -109,17 +110,16 @@ def _train_learner(ranker: Any, learner: str, name: str, data: Any, opts: dict[s
                       max_seconds=1800, seed=seed, debias="ips" if learner == "corrected" else "none",
                       ips_max_weight=opts["ips_max_weight"])
     used_curve = curve.values if learner == "corrected" else None
+    ranker = scoring.ranker
     if opts["model"] == "proxy":
-        proxy = ProxyModel(ranker)
+        proxy = ProxyModel(scoring.embeddings)
         fit = proxy.fit(data, cfg, used_curve)
         res_s, steps, best_step, scale = fit["seconds"], fit["steps"], fit["best_step"], fit["residual_scale"]
         cand: Callable[[str, Sequence[str]], Any] = proxy.score
     else:
         res = train(ranker, data, cfg, adapter_name=name, propensity=used_curve)
         res_s, steps, best_step, scale = res.seconds, res.steps, res.best_step, res.residual_scale
-
-        def cand(q: str, t: Sequence[str]) -> Any:
-            return ranker.score(q, t, adapter=name)
+        cand = scoring.adapter(name)
 
     gt = judged_ndcg(cand, judged)
     gate_cfg = GateConfig()
@@ -139,7 +139,7 @@ def _train_learner(ranker: Any, learner: str, name: str, data: Any, opts: dict[s
     }
 
 
-def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
+def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """One shop and seed: logs, propensity, learners, gates, ground truth. Returns a JSON-ready dict."""
     from adapters import propensity as prop
     from adapters.config import SplitConfig
@@ -149,10 +149,7 @@ def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str
 
     t0 = time.monotonic()
     shop = FamilyShop(spec, seed)
-
-    def zero_shot(q: str, t: Sequence[str]) -> Any:
-        return ranker.score(q, t, adapter=None)
-
+    zero_shot = scoring.zero_shot
     events = list(shop.traffic(opts["log_pages"], order=zero_shot))
     groups = build_groups(events, lambda _: None)
     sim_s = time.monotonic() - t0
@@ -177,7 +174,7 @@ def run_one(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str
     raw_zero = evaluate_groups(zero_shot, splits.holdout).per_group_ndcg
     for learner in opts["learners"]:
         data = truth_splits if learner == "ceiling" else splits
-        rows[learner] = _train_learner(ranker, learner, f"b-{spec.name}-{seed}-{learner}"[:60], data, opts, seed=seed,
+        rows[learner] = _train_learner(scoring, learner, f"b-{spec.name}-{seed}-{learner}"[:60], data, opts, seed=seed,
                                        n_pos=n_pos, curve=curve, holdout=splits.holdout, judged=judged, zs_gt=zs_gt,
                                        fair_zero=fair_zero, raw_zero=raw_zero)
         log.info("%s seed %d %s: gt %.4f (zero-shot %.4f) fair gate %s raw gate %s, %.0fs", spec.name, seed, learner,
@@ -270,12 +267,12 @@ def run(args: argparse.Namespace, settings: Any = None) -> dict[str, Any]:
             "residual_scale": args.residual_scale, "max_seq_len": args.max_seq_len, "quantization": args.quantization}
     t0 = time.monotonic()
     path = settings.model.path if settings is not None else None
-    ranker = Ranker.load(ModelSpec(path=path, quantization=args.quantization, device="cpu",
-                                   max_seq_len=args.max_seq_len), LoraSpec(r=8, alpha=16, dropout=0.0))
+    model_spec = ModelSpec(path=path, quantization=args.quantization, device="cpu", max_seq_len=args.max_seq_len)
+    scoring = BenchScoring(Ranker.load(model_spec, LoraSpec(r=8, alpha=16, dropout=0.0)), model_spec)
     results = []
     for spec in specs:
         for seed in [int(x) for x in args.seeds.split(",") if x.strip()]:
-            r = run_drift(ranker, spec, seed, opts) if args.drift else run_one(ranker, spec, seed, opts)
+            r = run_drift(scoring, spec, seed, opts) if args.drift else run_one(scoring, spec, seed, opts)
             results.append(r)
             if args.jsonl:
                 with Path(args.jsonl).open("a") as f:

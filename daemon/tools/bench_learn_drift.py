@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from daemon.tools.bench_learn_models import BenchScoring
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -18,7 +19,7 @@ __all__ = ["run_drift"]
 log = logging.getLogger("bench_learn")
 
 
-def _fit(ranker: Any, opts: dict[str, Any], cfg: Any, name: str, data: Any, curve: Any, init: Any
+def _fit(scoring: BenchScoring, opts: dict[str, Any], cfg: Any, name: str, data: Any, curve: Any, init: Any
          ) -> tuple[Callable[[str, Sequence[str]], Any], Any]:
     """Train a candidate (warm-started from `init`, a handle returned by an earlier call, when given);
     returns its scorer and its handle (the proxy model, or the adapter's name)."""
@@ -26,8 +27,9 @@ def _fit(ranker: Any, opts: dict[str, Any], cfg: Any, name: str, data: Any, curv
 
     from adapters.training import train
 
+    ranker = scoring.ranker
     if opts["model"] == "proxy":
-        model = ProxyModel(ranker)
+        model = ProxyModel(scoring.embeddings)
         if init is not None:
             with torch.no_grad():
                 model.a.copy_(init.a)
@@ -37,7 +39,7 @@ def _fit(ranker: Any, opts: dict[str, Any], cfg: Any, name: str, data: Any, curv
     state = None if init is None else ranker.adapter_state(init)
     scale = None if init is None else ranker.residual_scale(init)
     train(ranker, data, cfg, adapter_name=name, propensity=curve.values, init_state=state, init_scale=scale)
-    return (lambda q, t: ranker.score(q, t, adapter=name)), name
+    return scoring.adapter(name), name
 
 
 def _judged(shop: Any, opts: dict[str, Any], models: dict[str, Callable[[str, Sequence[str]], Any]]
@@ -66,7 +68,7 @@ def _configs(opts: dict[str, Any], seed: int, n_pos: int) -> tuple[Any, Any, Any
     return GateConfig(), split_cfg, cfg
 
 
-def run_drift(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
+def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """No forgetting: champion trained before a drift, new champion after it (warm start, replay, the
     spread regression sample, the fair gate). Judged on unseen post-drift queries, split into the
     categories whose taste the drift changed and those it left unchanged."""
@@ -84,8 +86,7 @@ def run_drift(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[s
     n_pos = spec.page_size
     gate_cfg, split_cfg, cfg = _configs(opts, seed, n_pos)
 
-    def zero_shot(q: str, t: Sequence[str]) -> Any:
-        return ranker.score(q, t, adapter=None)
+    zero_shot = scoring.zero_shot
 
     def curve_of(groups: Sequence[Any]) -> Any:
         return prop.estimate(groups, n_pos, features=lambda g: np.asarray(zero_shot(g.query, g.texts))[:, None])
@@ -96,7 +97,7 @@ def run_drift(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[s
     curve1 = curve_of(pre_groups)
     window1 = pre_groups[-opts["train_pages"]:]
     s1 = split(window1, split_cfg)
-    cand1, handle1 = _fit(ranker, opts, cfg, f"d-{spec.name}-{seed}-1"[:60], s1, curve1, None)
+    cand1, handle1 = _fit(scoring, opts, cfg, f"d-{spec.name}-{seed}-1"[:60], s1, curve1, None)
     g1 = decide(evaluate_groups(cand1, s1.holdout, propensity=curve1.values).per_group_ndcg,
                 evaluate_groups(zero_shot, s1.holdout, propensity=curve1.values).per_group_ndcg, None, None,
                 gate_cfg, seed=seed)
@@ -110,7 +111,7 @@ def run_drift(ranker: Any, spec: Any, seed: int, opts: dict[str, Any]) -> dict[s
     curve2 = curve_of(post_groups)
     window2 = post_groups[-opts["train_pages"]:]
     s2 = split(window2, split_cfg, previous=window1)
-    cand2, _ = _fit(ranker, opts, cfg, f"d-{spec.name}-{seed}-2"[:60], s2, curve2, champ_ref)
+    cand2, _ = _fit(scoring, opts, cfg, f"d-{spec.name}-{seed}-2"[:60], s2, curve2, champ_ref)
 
     def ips(fn: Callable[[str, Sequence[str]], Any], groups: Sequence[Any]) -> list[float]:
         return evaluate_groups(fn, groups, propensity=curve2.values).per_group_ndcg

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,19 +20,18 @@ class ProxyModel:
     bench cover every shop and seed on a shared 2-core CPU where the adapter covers a few.
     """
 
-    def __init__(self, ranker: Any) -> None:
+    def __init__(self, embed: Callable[[Sequence[str]], Any]) -> None:
+        """`embed(texts)`: unit-norm base embeddings, one row per text (`BenchScoring.embeddings`)."""
         import torch
 
-        self.ranker = ranker
-        dim = int(ranker.embeddings(["x"]).shape[1])
+        self.embed = embed
+        dim = int(embed(["x"]).shape[1])
         self.dim = dim
         self.a = torch.tensor(5.0, requires_grad=True)
         self.v = torch.zeros(dim, requires_grad=True)
 
     def features(self, query: str, texts: Sequence[str]) -> Any:
-        import torch
-
-        e = torch.as_tensor(self.ranker.embeddings([query, *texts]))
+        e = self.embed([query, *texts])
         return e[1:] * e[0] * self.dim  # entries of order 1, so Adam's steps move scores visibly
 
     def logits(self, feats: Any) -> Any:
