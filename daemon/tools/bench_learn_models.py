@@ -39,7 +39,8 @@ class BenchScoring:
             return
         self._zero = self._fast.build("base", {}, {})
 
-    def zero_shot(self, query: str, texts: Sequence[str]) -> np.ndarray:
+    def zero_shot(self, query: str, texts: Sequence[str]) -> Any:
+        """Zero-shot scores (numpy float32), as the base serves them."""
         if self._fast is None:
             return np.asarray(self.ranker.score(query, texts, adapter=None))
         return np.asarray(self._zero.score_pairs([(query, t) for t in texts]))
