@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--events", type=int, default=d.n_events, help="Feedback events to produce.")
     p.add_argument("--rate", type=float, default=d.events_per_s, help="Events per second.")
     p.add_argument("--drift-at", type=float, default=d.drift_at, help="Share of the traffic before the drift.")
+    p.add_argument("--open-loop", action="store_true",
+                   help="Pages ordered by the shop's fixed lexical ranker instead of the live scorer (closed loop).")
     p.add_argument("--no-live", action="store_true", help="No live panel (logs only), e.g. in CI.")
     p.set_defaults(handler=run)
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from daemon.tools.demo_config import DemoConfig
 
     cfg = DemoConfig(out=args.out, duration_s=args.duration, seed=args.seed, n_events=args.events,
-                     events_per_s=args.rate, drift_at=args.drift_at)
+                     events_per_s=args.rate, drift_at=args.drift_at, closed_loop=not args.open_loop)
     stop = threading.Event()
     try:
         run_demo(cfg, settings, stop=stop, live=not args.no_live)

@@ -20,6 +20,7 @@ import numpy as np
 from adapters.ranking_metrics import ndcg_at_k
 from daemon.settings import Settings
 from daemon.tools.broker import EmbeddedBroker
+from daemon.tools.closed_loop import ScorerOrder
 from daemon.tools.demo_config import DemoConfig, DemoState, demo_settings
 from daemon.tools.sim_output import produce_kafka
 from daemon.tools.simulate import eval_judgements, generate
@@ -84,7 +85,8 @@ def run_demo(cfg: DemoConfig, settings: Settings, *, stop: threading.Event, live
             app.stop()
             raise RuntimeError("the daemon did not start within 180 s: see the log above")
         evaluator = ShopEvaluator(cfg, app.serve.url)
-        producer = threading.Thread(target=_produce, args=(cfg, s, state, stop), name="demo-traffic", daemon=True)
+        producer = threading.Thread(target=_produce, args=(cfg, s, state, stop, app.serve.url), name="demo-traffic",
+                                    daemon=True)
         producer.start()
         view = DemoView(state, app, cfg)
         try:
@@ -100,9 +102,12 @@ def run_demo(cfg: DemoConfig, settings: Settings, *, stop: threading.Event, live
     return report
 
 
-def _produce(cfg: DemoConfig, settings: Settings, state: DemoState, stop: threading.Event) -> None:
+def _produce(cfg: DemoConfig, settings: Settings, state: DemoState, stop: threading.Event, url: str) -> None:
+    """Produce the shop's traffic; closed loop (`cfg.closed_loop`), the scorer at `url` orders every page."""
+    order = ScorerOrder(url) if cfg.closed_loop else None
+
     def records() -> Any:
-        for rec in generate(cfg.sim()):
+        for rec in generate(cfg.sim(), order):
             if stop.is_set():
                 return
             if rec.phase == "post" and state.drift_produced_at is None:
@@ -114,6 +119,10 @@ def _produce(cfg: DemoConfig, settings: Settings, state: DemoState, stop: thread
         produce_kafka(records(), settings, events_per_s=cfg.events_per_s)
     except Exception:
         log.exception("demo traffic stopped")
+    finally:
+        if order is not None:
+            state.pages = {**order.counts, "by_version": dict(order.versions)}
+            order.close()
 
 
 def _watch(cfg: DemoConfig, state: DemoState, app: Application, evaluator: ShopEvaluator, view: Any,

@@ -40,6 +40,10 @@ class DemoConfig:
     eval_queries: int = 24
     eval_candidates: int = 20
     eval_every_s: float = 60.0
+    # closed loop: the live scorer (`/v1/score`) orders every simulated page, as a shop's front end does, so
+    # the clicks the daemon learns from are biased towards its own champion's order (False: the shop's
+    # fixed lexical ranker orders the pages, the open-loop traffic of the end-to-end test)
+    closed_loop: bool = True
 
     def sim(self) -> SimConfig:
         """The simulated shop (its traffic and its ground-truth judgements) this demo produces."""
@@ -57,6 +61,7 @@ class DemoState:
     training: dict[str, Any] = field(default_factory=dict)
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # t, version, ndcg_pre, ndcg_post
     swaps: list[dict[str, Any]] = field(default_factory=list)
+    pages: dict[str, Any] = field(default_factory=dict)  # closed loop: pages ordered by the scorer, per version
     done: bool = False
 
     def elapsed(self) -> float:

@@ -111,6 +111,7 @@ def write_outputs(state: DemoState, app: Application, cfg: DemoConfig, settings:
         "duration_s": round(state.elapsed(), 1), "events_produced": state.produced,
         "drift_point_s": state.drift_produced_at, "ingest": app.stats.snapshot(), "champion": champion,
         "swaps": state.swaps, "evaluations": evals, "drift_reports": drift,
+        "closed_loop": cfg.closed_loop, "pages_ordered": state.pages,
         "training_runs": [r for r in runs if r["status"] != "skipped"],
         "skipped_runs": sum(1 for r in runs if r["status"] == "skipped"), "audit": audit,
         "ndcg_first": evals[0] if evals else None, "ndcg_last": evals[-1] if evals else None,
