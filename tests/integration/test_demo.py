@@ -21,7 +21,8 @@ def test_short_demo_runs_closed_loop_and_writes_its_report(tmp_path: Path) -> No
     report = json.loads((out / "report.json").read_text())
     assert report["closed_loop"] is True
     pages = report["pages_ordered"]
-    # every page the shop showed was ordered by the live scorer (a fallback to the retrieval order only when a request timed out on this loaded machine) ...
+    # every page the shop showed was ordered by the live scorer (the retrieval order only when a request
+    # timed out on a loaded machine) ...
     assert pages["scored"] > 20 and pages.get("fallback", 0) <= pages["scored"] // 20, pages
     assert set(pages["by_version"]) == {"base"}, pages  # ... the zero-shot champion: no promotion in 45 s
     assert 0 < report["events_produced"] <= 1500 and report["ingest"]["stored"] > 0
