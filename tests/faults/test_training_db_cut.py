@@ -24,10 +24,10 @@ from sqlalchemy.engine import Engine
 
 from adapters import artifacts
 from daemon.settings import Settings
+from daemon.tools.synthetic_adapters import make_version
 from daemon.training import cycle
 from daemon.training.messages import CycleOutcome
 from daemon.training.trainer_process import ChildTarget, TrainerProcess
-from daemon.tools.synthetic_adapters import make_version
 from storage import registry
 from storage.db import make_engine, session_scope
 from storage.models import TrainingRun
@@ -76,7 +76,7 @@ def parent_engine(cut_db: ProxiedPostgres) -> Iterator[Engine]:
     eng.dispose()
 
 
-def _train_through_cut(trainer: TrainerProcess, db: ProxiedPostgres, hold: Callable[[], None]) -> CycleOutcome:
+def _train_through_cut(trainer: TrainerProcess, db: ProxiedPostgres, hold: Callable[[], object]) -> CycleOutcome:
     """Run one cycle; once the child trains (its first step: it has read its data), cut the link, `hold()`
     and restore it. Returns the outcome (`TrainerProcess.run` must not raise)."""
     training = threading.Event()
@@ -126,7 +126,7 @@ def _assert_next_run_succeeds(settings: Settings, parent: Engine, db: ProxiedPos
     _assert_clean(db, settings, outcome, champ)
 
 
-def _cut_run(settings: Settings, parent: Engine, db: ProxiedPostgres, hold: Callable[[], None], *,
+def _cut_run(settings: Settings, parent: Engine, db: ProxiedPostgres, hold: Callable[[], object], *,
              target: ChildTarget = cycle.child_main) -> CycleOutcome:
     outcome = _train_through_cut(TrainerProcess(settings, parent, target=target), db, hold)
     assert db.proxy.accepted > 0  # the processes under test really went through the proxy
