@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from adapters import artifacts
 from daemon.settings import Settings
+from daemon.tools.simulate import SimConfig, generate
 from daemon.tools.synthetic_adapters import make_version
 from daemon.training import cycle
 from daemon.training.messages import CycleOutcome
@@ -35,6 +36,7 @@ from tests.faults import train_targets
 from tests.faults.conftest import SMALL, ProxiedPostgres
 from tests.fixtures.ingest import wait_until
 from tests.fixtures.proxy import TcpProxy
+from tests.fixtures.training import store_records
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.integration, pytest.mark.postgres,
               pytest.mark.timeout(900)]
@@ -121,6 +123,9 @@ def _assert_clean(db: ProxiedPostgres, settings: Settings, outcome: CycleOutcome
 
 
 def _assert_next_run_succeeds(settings: Settings, parent: Engine, db: ProxiedPostgres, champ: Champion) -> None:
+    """After more traffic (a run that succeeded used up the stored events), a run on the restored link."""
+    fresh = [r for r in generate(SimConfig(seed=6, n_items=150, n_events=1200)) if r.kind != "malformed"]
+    assert store_records(db.engine, settings, fresh) > 1000
     outcome = TrainerProcess(settings, parent).run("manual")
     assert outcome.status == "succeeded", outcome.error
     _assert_clean(db, settings, outcome, champ)
@@ -170,10 +175,13 @@ def test_a_cut_that_outlasts_the_childs_patience_fails_the_run_cleanly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = training_settings(cut_db.url, **SMALL)
-    caplog.set_level(logging.WARNING, logger="daemon.training.trainer_process")
+    caplog.set_level(logging.WARNING, logger="storage.db")
+    root = settings.storage.artifacts_dir
 
     def hold() -> None:  # until the child gave up and the parent waits for the database to close the row
-        wait_until(lambda: "waiting for the database" in caplog.text, RUN_ENDS_S, "the parent to wait")
+        wait_until(_artifact_written(root, champion), RUN_ENDS_S, "the candidate's artifact")
+        wait_until(lambda: "cannot record how training run" in caplog.text, RUN_ENDS_S, "the parent to wait")
+        assert _artifact_written(root, champion)()  # the folder the parent must remove once it can tell
 
     outcome = _cut_run(settings, parent_engine, cut_db, hold, target=train_targets.impatient)
     run = _assert_clean(cut_db, settings, outcome, champion)
