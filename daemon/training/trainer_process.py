@@ -125,8 +125,12 @@ class TrainerProcess:
             log.error("%s; it is closed at the next start-up", exc)
             return
         for version in orphans:
-            log.warning("training run %d left version folder %s that no registry row names: removed", run_id, version)
-            artifacts.remove_version(root, version)
+            log.warning("training run %d left version folder %s that no registry row names: removing it", run_id,
+                        version)
+            try:
+                artifacts.remove_version(root, version)
+            except OSError as exc:  # harmless where it stays: the next version name skips it
+                log.error("cannot remove %s: %s", root / version, exc)
 
     def _wait(self, proc: Any, conn: Connection, on_progress: Callable[[dict[str, Any]], None] | None,
               grace_s: float) -> CycleOutcome | None:
