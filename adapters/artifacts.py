@@ -37,9 +37,11 @@ __all__ = [
     "ArtifactInfo",
     "LoadedAdapter",
     "load_adapter",
+    "remove_version",
     "save_adapter",
     "sweep_temp",
     "validate_version_name",
+    "versions_of_run",
 ]
 
 VERSION_RE = re.compile(r"\Av[0-9]{4,}\Z", re.ASCII)  # \Z: no trailing newline; [0-9]: ASCII digits only
@@ -206,3 +208,30 @@ def sweep_temp(root: Path, min_age_s: float = 0.0) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def versions_of_run(root: Path, run_id: int) -> list[str]:
+    """The version folders whose meta.json names training run `run_id` (the run that wrote them)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted(root.iterdir()):
+        if not VERSION_RE.match(path.name) or not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            meta = json.loads((path / META).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("run_id") == run_id:
+            found.append(path.name)
+    return found
+
+
+def remove_version(root: Path, version: str) -> None:
+    """Delete a version folder that no registry row names. It is renamed to a `.tmp-` folder first, so a
+    crash part-way leaves what `sweep_temp` removes, never a version with files missing."""
+    validate_version_name(version)
+    doomed = Path(root) / f"{_TMP_PREFIX}{version}-removed-{uuid.uuid4().hex}"
+    os.rename(Path(root) / version, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)

@@ -2,16 +2,18 @@
 
 `make_engine` builds one engine per process role from the URL it is given (no module-level engine,
 so two databases can live in one test run). SQLite runs in WAL mode with a busy timeout so the
-ingester, scheduler and API threads can share one file.
+ingester, scheduler and API threads can share one file. `write_patiently` rides out an outage for the
+writes that must not be lost (a trained candidate's registration, a training run's end).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -19,7 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
 from storage.errors import DatabaseUnavailable, SchemaOutdated
@@ -27,6 +29,7 @@ from storage.errors import DatabaseUnavailable, SchemaOutdated
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+T = TypeVar("T")
 
 
 DEFAULT_CONNECT_TIMEOUT_S = 10
@@ -93,6 +96,38 @@ def write_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True for an error that says the database could not be reached, the link dropped, or the database
+    could not do it now (a lock or statement timeout): worth a retry, unlike a wrong statement."""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def write_patiently(engine: Engine, write: Callable[[Session], T], *, what: str, patience_s: float | None,
+                    should_stop: Callable[[], bool] = lambda: False, max_delay_s: float = 5.0) -> T:
+    """`write(session)` in one transaction (`session_scope`), tried again while the database is unavailable:
+    for up to `patience_s` seconds (None: until it answers), never once `should_stop()` is true. Raises
+    DatabaseUnavailable when it gives up; any other error at once.
+
+    `write` must be idempotent: a commit whose answer the cut swallowed may have landed, and is tried again.
+    """
+    deadline = None if patience_s is None else time.monotonic() + patience_s
+    delay = 0.5
+    while True:
+        try:
+            with session_scope(engine) as s:
+                return write(s)
+        except DBAPIError as exc:
+            if not unavailable(exc):
+                raise
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            if should_stop() or (deadline is not None and time.monotonic() + delay > deadline):
+                raise DatabaseUnavailable(f"cannot {what}: the database is unavailable ({reason})") from exc
+            log.warning("cannot %s: the database is unavailable (%s); waiting for the database, next try in "
+                        "%.1fs", what, reason, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, max_delay_s)
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -17,7 +17,9 @@ from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
 
 from adapters import artifacts, dataset, gate, propensity, training
 from adapters.dataset import QueryGroup
@@ -30,14 +32,16 @@ from daemon.logs import configure_logging
 from daemon.settings import Settings
 from daemon.training.messages import CycleOutcome, CycleSummary, GateVerdict, Progress, RunStatus, report
 from storage import events_repo, registry
-from storage.db import make_engine, session_scope
-from storage.models import AdapterVersion
+from storage.db import make_engine, session_scope, write_patiently
+from storage.errors import DatabaseUnavailable
+from storage.models import AdapterVersion, TrainingRun
 
 log = logging.getLogger(__name__)
 
 # Events read per cycle: the newest ones, enough for `train_max_groups` result pages of ~10 items.
 EVENTS_PER_GROUP = 12
 N_POSITIONS = 10  # positions whose examination propensity is estimated (deeper ones take the last value)
+REGISTRY_PATIENCE_S = 120.0  # how long a trained candidate waits for an unreachable database to register it
 
 
 def load_groups(settings: Settings, engine: Engine) -> tuple[list[QueryGroup], list[QueryGroup], datetime | None]:
@@ -135,8 +139,7 @@ def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
                             on_progress=on_progress, should_stop=should_stop, propensity=curve.values)
     if result.stopped:
         error = "stopped by shutdown; no version kept"
-        with session_scope(engine) as s:
-            registry.finish_run(session=s, run_id=run_id, status="cancelled", seconds=result.seconds, error=error)
+        _close_run(engine, run_id, "cancelled", seconds=result.seconds, error=error)
         return CycleOutcome(run_id=run_id, trigger=trigger, status="cancelled", error=error)
 
     verdict = GateVerdict(compared_with=champion.version, decision=gate.decide(
@@ -152,24 +155,44 @@ def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
         device=str(ranker.device), quantization=ranker.base.quantization, artifact_path=str(info.path),
         metrics=metrics, n_train=len(splits.train), n_holdout=len(splits.holdout), best_step=result.best_step,
         steps=result.steps, early_stopped=result.early_stopped, seconds=result.seconds)
-    with session_scope(engine) as s:
-        registry.add_version(session=s, version=AdapterVersion(
-            version=version, parent_version=None if champion.adapter is None else champion.version,
-            base_model=ranker.base.model_id, quantization=ranker.base.quantization,
-            lora_config=ranker.peft_config(version), metrics=metrics, gate=verdict.record(), status="candidate",
-            artifact_path=str(info.path), checksum=info.checksum, training_run_id=run_id,
-            created_at=datetime.now().astimezone(),
-        ))
-        registry.finish_run(
-            session=s, run_id=run_id, status="succeeded", device=summary.device,
-            quantization=summary.quantization, n_train=summary.n_train, n_holdout=summary.n_holdout,
-            n_regression=len(splits.regression), n_replay=splits.replay_count, best_step=result.best_step,
-            steps=result.steps, early_stopped=result.early_stopped, seconds=result.seconds,
-            examples_per_s=result.examples_per_s, metrics=metrics, gate=verdict.record(),
-            candidate_version=version, data_cutoff=newest,
-        )
+    candidate = dict(
+        version=version, parent_version=None if champion.adapter is None else champion.version,
+        base_model=ranker.base.model_id, quantization=ranker.base.quantization,
+        lora_config=ranker.peft_config(version), metrics=metrics, gate=verdict.record(), status="candidate",
+        artifact_path=str(info.path), checksum=info.checksum, training_run_id=run_id,
+        created_at=datetime.now().astimezone())
+    finished = {**summary.model_dump(exclude={"artifact_path"}), "n_regression": len(splits.regression),
+                "n_replay": splits.replay_count, "examples_per_s": result.examples_per_s, "gate": verdict.record(),
+                "candidate_version": version, "data_cutoff": newest}
+    # A cut link must not lose a trained candidate: it waits for the database (REGISTRY_PATIENCE_S). Giving
+    # up fails the run; the parent then closes the run row and removes this folder, which nothing names.
+    write_patiently(engine, lambda s: _register(s, run_id, candidate, finished), should_stop=should_stop,
+                    what=f"register candidate {version} of training run {run_id}", patience_s=REGISTRY_PATIENCE_S)
     return CycleOutcome(run_id=run_id, trigger=trigger, status="succeeded", candidate_version=version,
                         gate=verdict, summary=summary)
+
+
+def _register(s: Session, run_id: int, candidate: dict[str, Any], finished: dict[str, Any]) -> None:
+    """Add the candidate version and close the run as succeeded, in one transaction; nothing if an earlier
+    try did (its commit landed, and the cut swallowed the answer)."""
+    if s.execute(select(col(AdapterVersion.id)).where(col(AdapterVersion.version) == candidate["version"])).first():
+        return
+    registry.add_version(session=s, version=AdapterVersion(**candidate))  # a fresh object for each try
+    registry.finish_run(session=s, run_id=run_id, status="succeeded", **finished)
+
+
+def _close_run(engine: Engine, run_id: int, status: RunStatus, **fields: Any) -> None:
+    """Close the run row unless it is closed already; one try: when the database cannot be reached, the
+    parent closes it from the outcome it is sent."""
+    def close(s: Session) -> None:
+        run = s.get(TrainingRun, run_id)
+        if run is not None and run.status == "running":
+            registry.finish_run(session=s, run_id=run_id, status=status, **fields)
+
+    try:
+        write_patiently(engine, close, what=f"record training run {run_id} as {status}", patience_s=0)
+    except DatabaseUnavailable as exc:
+        log.warning("%s; the daemon records it", exc)
 
 
 def child_main(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
@@ -196,6 +219,5 @@ def child_main(settings: Settings, run_id: int, trigger: str, stop: MpEvent, con
 
 def _record_failure(engine: Engine, run_id: int, trigger: str, status: RunStatus, error: str,
                     tb: str | None = None) -> CycleOutcome:
-    with session_scope(engine) as s:
-        registry.finish_run(session=s, run_id=run_id, status=status, error=error if tb is None else f"{error}\n{tb}")
+    _close_run(engine, run_id, status, error=error if tb is None else f"{error}\n{tb}")
     return CycleOutcome(run_id=run_id, trigger=trigger, status=status, error=error)

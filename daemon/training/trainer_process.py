@@ -2,8 +2,11 @@
 
 The parent records the run row (status `running`) before it starts the child, relays the child's
 progress messages, and, if the child dies without reporting, marks the run failed and sweeps any
-half-written artifact folder. On shutdown the parent asks the child to stop at its next step (it then
-keeps nothing: no half-trained version is registered) and kills it after the grace period.
+half-written artifact folder. Whatever the end, it then settles the registry (`_settle`): a row the child
+could not close (it died, or the database was cut) is closed from the outcome, and a version folder of the
+run that no registry row names is removed; an unreachable database is waited for. On shutdown the parent
+asks the child to stop at its next step (it then keeps nothing: no half-trained version is registered) and
+kills it after the grace period.
 
 The child dies with the daemon: on Linux it asks the kernel for SIGKILL when its parent dies
 (`prctl(PR_SET_PDEATHSIG)`), and everywhere a watchdog thread exits it once it has been re-parented,
@@ -29,15 +32,19 @@ from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
 
+from adapters import artifacts
 from adapters.artifacts import sweep_temp
 from daemon.settings import Settings
 from daemon.training.cycle import child_main
 from daemon.training.messages import CycleOutcome, Progress, parse
 from storage import registry
-from storage.db import session_scope
-from storage.models import TrainingRun, utcnow
+from storage.db import session_scope, write_patiently
+from storage.errors import DatabaseUnavailable
+from storage.models import AdapterVersion, TrainingRun, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +96,41 @@ class TrainerProcess:
             if self._stop.is_set():
                 status, error = "cancelled", "stopped by shutdown before it finished; no version kept"
             log.error("training run %d %s: %s", run_id, status, error)
-            with session_scope(self._engine) as s:
-                registry.finish_run(session=s, run_id=run_id, status=status, error=error)
             sweep_temp(self._settings.storage.artifacts_dir)
-            return CycleOutcome(run_id=run_id, trigger=trigger, status=status, error=error)
+            result = CycleOutcome(run_id=run_id, trigger=trigger, status=status, error=error)
+        self._settle(result)
         return result
+
+    def _settle(self, outcome: CycleOutcome) -> None:
+        """Make the registry agree with how the run ended, whatever the child could write: close its row if
+        it is still `running` (the child died, or could not reach the database), and remove the version
+        folders it wrote that no registry row names. An unreachable database is waited for until it answers
+        or a stop is asked; then the row stays `running` until the next start-up closes it."""
+        root, run_id = self._settings.storage.artifacts_dir, outcome.run_id
+
+        def settle(s: Session) -> list[str]:
+            run = s.get(TrainingRun, run_id)
+            if run is not None and run.status == "running":
+                status = "failed" if outcome.status == "running" else outcome.status
+                registry.finish_run(session=s, run_id=run_id, status=status, error=outcome.error)
+            written = artifacts.versions_of_run(root, run_id)
+            known = set(s.execute(select(col(AdapterVersion.version)).where(col(AdapterVersion.version).in_(written)))
+                        .scalars()) if written else set()
+            return [v for v in written if v not in known]
+
+        try:
+            orphans = write_patiently(self._engine, settle, what=f"record how training run {run_id} ended",
+                                      patience_s=None, should_stop=self._stop.is_set)
+        except DatabaseUnavailable as exc:
+            log.error("%s; it is closed at the next start-up", exc)
+            return
+        for version in orphans:
+            log.warning("training run %d left version folder %s that no registry row names: removing it", run_id,
+                        version)
+            try:
+                artifacts.remove_version(root, version)
+            except OSError as exc:  # harmless where it stays: the next version name skips it
+                log.error("cannot remove %s: %s", root / version, exc)
 
     def _wait(self, proc: Any, conn: Connection, on_progress: Callable[[dict[str, Any]], None] | None,
               grace_s: float) -> CycleOutcome | None:

@@ -1,6 +1,7 @@
 """Fault-injection fixtures, package scope (one set for all of tests/faults): a tansu broker and a
 PostgreSQL database that clients reach only through TCP proxies (tansu advertises its proxy's address,
-so reconnects after metadata go through it too), and two `ranktune serve` replicas as real processes."""
+so reconnects after metadata go through it too), and two `ranktune serve` replicas as real processes.
+For the training faults, per test: a fresh PostgreSQL database stocked with a shop's traffic (`stocked`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from daemon.settings import Settings
 from daemon.tools.broker import EmbeddedBroker
+from daemon.tools.simulate import SimRecord
 from storage.db import make_engine, upgrade
 from tests.faults.serve import Replica, start_replicas, stop_replicas
 from tests.fixtures.db import PG_SERVER_URL, _new_pg_database, require_pg
 from tests.fixtures.proxy import TcpProxy
+from tests.fixtures.training import store_records
+
+# training settings small enough for a few CPU trainings per test (with `training_settings`)
+SMALL = {"train_max_groups": 40, "train_epochs": 1, "train_max_items_per_group": 6, "model_max_seq_len": 32,
+         "gate_bootstrap_samples": 100}
 
 
 @dataclass
@@ -90,3 +98,12 @@ def replicas(proxied_broker: ProxiedBroker, proxied_pg: ProxiedPostgres, stack_a
         yield reps
     finally:
         stop_replicas(reps)
+
+
+@pytest.fixture
+def stocked(pg_url: str, shop_traffic: list[SimRecord]) -> Iterator[Engine]:
+    """The `pg_url` database (direct) with the shop's traffic stored through the ingest write path."""
+    eng = make_engine(pg_url)
+    assert store_records(eng, Settings.load(None, storage_database_url=pg_url), shop_traffic) > 3000
+    yield eng
+    eng.dispose()

@@ -1,11 +1,10 @@
-"""Artifact faults in real training cycles (the only training in tests/faults; small CPU settings):
+"""Artifact faults in real training cycles (small CPU settings, `SMALL`):
 a full artifacts disk fails the run cleanly and the next run succeeds once there is space; a crash between
 the artifact's rename and its registry row does not block the next training."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -14,21 +13,12 @@ from adapters import artifacts
 from daemon.settings import Settings
 from daemon.training.trainer_process import TrainerProcess
 from storage import registry
-from storage.db import make_engine, session_scope
+from storage.db import session_scope
 from tests.faults import train_targets
-from tests.fixtures.training import store_records
+from tests.faults.conftest import SMALL
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.integration, pytest.mark.postgres,
               pytest.mark.timeout(900)]
-SMALL = {"train_max_groups": 40, "train_epochs": 1, "train_max_items_per_group": 6, "model_max_seq_len": 32,
-         "gate_bootstrap_samples": 100}
-
-
-@pytest.fixture
-def stocked(pg_url: str, shop_traffic: list[Any]) -> Engine:
-    eng = make_engine(pg_url)
-    assert store_records(eng, Settings.load(None, storage_database_url=pg_url), shop_traffic) > 3000
-    return eng
 
 
 def test_full_artifacts_disk_fails_cleanly_and_the_next_run_succeeds(
@@ -51,7 +41,6 @@ def test_full_artifacts_disk_fails_cleanly_and_the_next_run_succeeds(
     with session_scope(stocked) as s:
         row = registry.get_version(session=s, version=again.candidate_version or "")
     assert artifacts.load_adapter(root, row.version, expected_checksum=row.checksum).state
-    stocked.dispose()
 
 
 def test_a_crash_between_artifact_rename_and_registry_insert_does_not_block_the_next_training(
@@ -69,4 +58,3 @@ def test_a_crash_between_artifact_rename_and_registry_insert_does_not_block_the_
     with session_scope(stocked) as s:
         row = registry.get_version(session=s, version=outcome.candidate_version or "")
     assert artifacts.load_adapter(root, row.version, expected_checksum=row.checksum).state
-    stocked.dispose()

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from adapters.artifacts import load_adapter, save_adapter, sweep_temp, validate_version_name
+from adapters.artifacts import (
+    load_adapter,
+    remove_version,
+    save_adapter,
+    sweep_temp,
+    validate_version_name,
+    versions_of_run,
+)
 from adapters.dataset import Splits
 from adapters.errors import (
     ArtifactCorrupt,
@@ -121,6 +128,21 @@ def test_sweep_temp(tmp_path: Path) -> None:
     assert sweep_temp(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v0001"]
     assert sweep_temp(tmp_path / "missing") == []
+
+
+def test_versions_of_a_run_and_their_removal(tmp_path: Path) -> None:
+    """What the trainer's parent removes when a run's version never got its registry row (#14)."""
+    save_adapter(tmp_path, "v0001", _state(), CONFIG, {**META, "run_id": 1})
+    save_adapter(tmp_path, "v0002", _state(), CONFIG, {**META, "run_id": 2})
+    save_adapter(tmp_path, "v0003", _state(), CONFIG, META)  # no run (synthetic, imported)
+    (tmp_path / ".tmp-v0004-abc").mkdir()
+    assert versions_of_run(tmp_path, 2) == ["v0002"]
+    assert versions_of_run(tmp_path, 3) == [] and versions_of_run(tmp_path / "missing", 2) == []
+    remove_version(tmp_path, "v0002")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-v0004-abc", "v0001", "v0003"]
+    assert load_adapter(tmp_path, "v0001").meta["run_id"] == 1
+    with pytest.raises(InvalidVersionName):
+        remove_version(tmp_path, "../v0001")
 
 
 @pytest.mark.slow

@@ -205,6 +205,54 @@ def test_postgres_statement_timeout_cancels_a_stuck_statement(db_url: str) -> No
     assert Settings.load().storage.engine_options == {"connect_timeout_s": 10, "statement_timeout_ms": 120_000}
 
 
+@pytest.mark.postgres
+@pytest.mark.timeout(120)
+def test_write_patiently_waits_out_a_cut_link_and_gives_up_when_told(
+    pg_url: str, tcp_proxy: type, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """#14: a write through a cut link is retried until the link is back (no second row: one transaction),
+    given up after its patience or at a stop (DatabaseUnavailable), and a wrong statement is not retried."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy.exc import ProgrammingError
+    from sqlmodel import Session
+
+    from storage.db import write_patiently
+    from storage.errors import DatabaseUnavailable
+
+    proxy = tcp_proxy("127.0.0.1", 5432)
+    engine = make_engine(pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/"), connect_timeout_s=2)
+    tries: list[int] = []
+
+    def write(s: Session) -> int:
+        tries.append(1)
+        return int(registry.start_run(session=s, trigger="manual").id or 0)
+
+    try:
+        proxy.cut()
+        with pytest.raises(DatabaseUnavailable, match="cannot start a run"):
+            write_patiently(engine, write, what="start a run", patience_s=1.2, max_delay_s=0.2)
+        tried = len(tries)
+        with pytest.raises(DatabaseUnavailable):
+            write_patiently(engine, write, what="start a run", patience_s=None, should_stop=lambda: True)
+        assert tried >= 2 and len(tries) == tried + 1  # retried within the patience; one try once stopped
+        caplog.set_level("WARNING", logger="storage.db")
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(write_patiently, engine, write, what="start a run", patience_s=None)
+            while "waiting for the database" not in caplog.text:
+                threading.Event().wait(0.1)
+            proxy.restore()
+            run_id = waiting.result(timeout=60)
+        with session_scope(make_engine(pg_url)) as s:
+            assert [r.id for r in registry.recent_runs(session=s)] == [run_id]
+        with pytest.raises(ProgrammingError):
+            write_patiently(engine, lambda s: s.execute(text("select * from no_such_table")), what="read",
+                            patience_s=None)
+    finally:
+        engine.dispose()
+
+
 def test_racing_promotes_and_rollbacks_leave_exactly_one_champion(engine):
     """#14 (verifies main's compare-and-set): 8 threads promote, roll back and auto-promote at random; one
     champion afterwards, its row the only one with status champion, and one audit row per action that
