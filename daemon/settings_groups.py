@@ -39,7 +39,7 @@ class KafkaSettings(FrozenConfig):
         2000, ge=100, description="Consumer heartbeat interval; must be under a third of the session timeout.")
     max_poll_interval_ms: int = Field(
         60000, ge=1000, description="Longest time between polls before the member leaves the group.")
-    poll_max_records: int = Field(2000, ge=1, le=100000, description="Most records one poll returns.")
+    poll_max_records: int = Field(5000, ge=1, le=100000, description="Most records one poll returns.")
     poll_timeout_ms: int = Field(500, ge=1, description="How long one poll waits for records.")
     topic_partitions: int = Field(3, ge=1, description="Partitions for topics ranktune creates.")
     replication_factor: int = Field(1, ge=1, description="Replication factor for topics ranktune creates.")

@@ -26,9 +26,9 @@ class FeedbackEvent(SQLModel, table=True):
 
     __tablename__ = "feedback_events"
     event_id: str = Field(primary_key=True, max_length=128)
-    ts: datetime = _ts(index=True)
+    ts: datetime = _ts()  # not indexed: every read goes by `ingested_at` (migration 0003)
     query: str = Field(max_length=512)
-    item_id: str = Field(max_length=128, index=True)
+    item_id: str = Field(max_length=128)
     action: str = Field(max_length=16)
     item_text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     position: int | None = None

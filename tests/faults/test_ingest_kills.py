@@ -23,7 +23,9 @@ SEED = 1414
 def test_sigkill_at_ten_random_points_loses_and_duplicates_nothing(
     broker: EmbeddedBroker, pg_url: str, ingest_case: Callable[..., IngestCase],
 ) -> None:
-    case = ingest_case(broker.bootstrap, pg_url)
+    # small batches: rows appear a few hundred at a time, so the kill lands near its point and not,
+    # several 2000-record batches later, after the stream ended (the pipelined loop commits them fast)
+    case = ingest_case(broker.bootstrap, pg_url, kafka_poll_max_records=250)
     records = simulate(N_EVENTS, seed=SEED)
     expected = valid_ids(records)
     assert len(expected) > N_EVENTS // 2
@@ -36,7 +38,7 @@ def test_sigkill_at_ten_random_points_loses_and_duplicates_nothing(
     for point in points:
         proc = case.start()
         wait_until(lambda p=point, pr=proc: case.count() >= p or pr.proc.poll() is not None,  # type: ignore[misc]
-                   120, f"{point} events stored")
+                   120, f"{point} events stored", interval=0.05)
         assert proc.proc.poll() is None, proc.log()[-3000:]
         proc.kill()  # SIGKILL: no final commit, no clean leave
         kills_mid_stream += case.count() < len(expected)
