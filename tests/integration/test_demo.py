@@ -25,7 +25,8 @@ def test_short_demo_runs_closed_loop_and_writes_its_report(tmp_path: Path) -> No
     # timed out on a loaded machine) ...
     assert pages["scored"] > 20 and pages.get("fallback", 0) <= pages["scored"] // 20, pages
     assert set(pages["by_version"]) == {"base"}, pages  # ... the zero-shot champion: no promotion in 45 s
-    assert 0 < report["events_produced"] <= 1500 and report["ingest"]["stored"] > 0
+    # records produced: feedback events and the catalogue; ingest stores them as they come
+    assert report["events_produced"] > 1000 and 0 < report["ingest"]["stored"] <= report["events_produced"]
     evals = report["evaluations"]
     assert evals and all(0.0 < e["ndcg_pre"] <= 1.0 for e in evals)
     assert (out / "ndcg_drift.png").stat().st_size > 0
