@@ -54,7 +54,21 @@ def make_engine(url: str, *, echo: bool = False, connect_timeout_s: int = DEFAUL
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout_s)),
                                     "options": f"-c statement_timeout={int(statement_timeout_ms)}"}
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
+    engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args)
+    event.listen(engine, "handle_error", _failed_ping_is_a_disconnect)
+    return engine
+
+
+def _failed_ping_is_a_disconnect(ctx: Any) -> None:
+    """A pooled connection that fails its pre-ping, whatever the error, is dead: replace it, do not raise.
+
+    After a link cut in the middle of a statement, psycopg leaves the connection in transaction status
+    ACTIVE, and the ping's first step answers "can't change 'autocommit' now" (a ProgrammingError), which
+    SQLAlchemy does not count as a disconnect: the checkout raised instead of reconnecting, so a write
+    retried after the cut failed as if its statement were wrong (seen in tests/faults/test_training_db_cut.py).
+    """
+    if ctx.is_pre_ping:
+        ctx.is_disconnect = True
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, inspect, text
@@ -302,3 +303,30 @@ def test_racing_promotes_and_rollbacks_leave_exactly_one_champion(engine):
         assert actions == len(applied)
         last = s.query(AuditLog).order_by(AuditLog.id.desc()).first()
         assert last is not None and (last.to_version or "base") == champion
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_that_fails_its_ping_is_replaced_not_raised(pg_url: str, monkeypatch: pytest.MonkeyPatch
+                                                                      ) -> None:
+    """#14: after a link cut mid-statement psycopg's connection answers the pool's ping with "can't change
+    'autocommit' now" (ProgrammingError, not a disconnect to SQLAlchemy); the checkout must reconnect."""
+    import psycopg
+
+    engine = make_engine(pg_url)
+    with engine.connect() as c:  # one connection in the pool
+        pid = c.execute(text("select pg_backend_pid()")).scalar()
+    dialect = engine.dialect
+    real_ping = dialect.do_ping
+    failed: list[int] = []
+
+    def ping(dbapi_conn: Any) -> bool:
+        if not failed:
+            failed.append(1)
+            raise psycopg.ProgrammingError("can't change 'autocommit' now: connection in transaction status ACTIVE")
+        return bool(real_ping(dbapi_conn))
+
+    monkeypatch.setattr(dialect, "do_ping", ping)
+    with engine.connect() as c:
+        assert c.execute(text("select pg_backend_pid()")).scalar() != pid  # a fresh connection
+    assert failed == [1]
+    engine.dispose()
