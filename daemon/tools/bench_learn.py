@@ -27,7 +27,7 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import numpy as np
 __all__ = ["main", "markdown", "run", "run_one"]
 
 from daemon.tools.bench_learn_drift import run_drift
-from daemon.tools.bench_learn_models import BenchScoring
+from daemon.tools.bench_learn_models import BenchScoring, ScoreFn
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -80,7 +80,7 @@ def _truth_groups(events: Sequence[dict[str, Any]]) -> list[Any]:
     return build_groups(rows, lambda _: None)
 
 
-def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: Callable[[str, Sequence[str]], Any],
+def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreFn,
            method: str) -> Any:
     """The propensity curve the corrected learner uses: estimated from the logs by `method`, or the
     simulator's own (`true`, normalized to position 1)."""
@@ -115,7 +115,7 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
         proxy = ProxyModel(scoring.embeddings)
         fit = proxy.fit(data, cfg, used_curve)
         res_s, steps, best_step, scale = fit["seconds"], fit["steps"], fit["best_step"], fit["residual_scale"]
-        cand: Callable[[str, Sequence[str]], Any] = proxy.score
+        cand: ScoreFn = proxy.score
     else:
         res = train(ranker, data, cfg, adapter_name=name, propensity=used_curve)
         res_s, steps, best_step, scale = res.seconds, res.steps, res.best_step, res.residual_scale

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from daemon.tools.bench_learn_models import BenchScoring
+from daemon.tools.bench_learn_models import BenchScoring, ScoreFn
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -20,7 +20,7 @@ log = logging.getLogger("bench_learn")
 
 
 def _fit(scoring: BenchScoring, opts: dict[str, Any], cfg: Any, name: str, data: Any, curve: Any, init: Any
-         ) -> tuple[Callable[[str, Sequence[str]], Any], Any]:
+         ) -> tuple[ScoreFn, Any]:
     """Train a candidate (warm-started from `init`, a handle returned by an earlier call, when given);
     returns its scorer and its handle (the proxy model, or the adapter's name)."""
     import torch
@@ -42,7 +42,7 @@ def _fit(scoring: BenchScoring, opts: dict[str, Any], cfg: Any, name: str, data:
     return scoring.adapter(name), name
 
 
-def _judged(shop: Any, opts: dict[str, Any], models: dict[str, Callable[[str, Sequence[str]], Any]]
+def _judged(shop: Any, opts: dict[str, Any], models: dict[str, ScoreFn]
             ) -> dict[str, Any]:
     """Mean ground-truth NDCG@10 of each model on unseen post-drift queries, split into the categories
     the drift changed and those it left unchanged."""
@@ -113,7 +113,7 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     s2 = split(window2, split_cfg, previous=window1)
     cand2, _ = _fit(scoring, opts, cfg, f"d-{spec.name}-{seed}-2"[:60], s2, curve2, champ_ref)
 
-    def ips(fn: Callable[[str, Sequence[str]], Any], groups: Sequence[Any]) -> list[float]:
+    def ips(fn: ScoreFn, groups: Sequence[Any]) -> list[float]:
         return evaluate_groups(fn, groups, propensity=curve2.values).per_group_ndcg
 
     g2 = decide(ips(cand2, s2.holdout), ips(champion, s2.holdout), ips(cand2, s2.regression) if s2.regression
