@@ -82,6 +82,9 @@ class TrainConfig(FrozenConfig):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps of linear warm-up.")
     groups_per_step: int = Field(8, ge=1, description="Query groups per optimisation step.")
     max_items_per_group: int = Field(20, ge=2, description="Items kept per query group in training.")
+    random_negatives: int = Field(
+        5, ge=0, le=50, description="Items of other pages added to each training group as unclicked negatives, so "
+        "that the learner also sees products that do not match the query at all (0: pages only).")
     epochs: int = Field(2, ge=1, description="Passes over the training set.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     eval_every_steps: int = Field(20, ge=1, description="Holdout evaluation interval, in steps.")

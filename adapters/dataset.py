@@ -262,6 +262,48 @@ def split(
     return Splits(train_all, holdout, regression, replay_count=k, holdout_from=holdout_from)
 
 
+class NegativePool:
+    """Items of the training set, to add to a group as off-page negatives (`with_random_negatives`)."""
+
+    def __init__(self, groups: Sequence[QueryGroup]) -> None:
+        seen: dict[str, str] = {}
+        for g in groups:
+            for item_id, text in zip(g.item_ids, g.texts, strict=True):
+                seen.setdefault(item_id, text)
+        self.items = sorted(seen.items())
+
+    def with_random_negatives(self, group: QueryGroup, k: int, rng: random.Random) -> QueryGroup:
+        """`group` plus up to `k` items of other pages, labelled 0 (not clicked).
+
+        A page holds only what retrieval found for the query, so clicks teach the order among close
+        candidates and nothing about products that do not match at all; a learner trained on pages alone
+        can drift into ranking such products above relevant ones (the LoRA adapter did, in `bench learn`).
+        Random items of other queries are irrelevant but for a small share of false negatives. Their
+        gain is 0, so their inverse-propensity weight does not matter; they take position 0's."""
+        if k <= 0 or not self.items:
+            return group
+        own = set(group.item_ids)
+        picked: list[tuple[str, str]] = []
+        for _ in range(4 * k):
+            if len(picked) == k:
+                break
+            cand = self.items[rng.randrange(len(self.items))]
+            if cand[0] not in own:
+                own.add(cand[0])
+                picked.append(cand)
+        if not picked:
+            return group
+        n = len(picked)
+        return replace(
+            group,
+            item_ids=group.item_ids + tuple(i for i, _ in picked),
+            texts=group.texts + tuple(t for _, t in picked),
+            labels=group.labels + (0,) * n,
+            positions=None if group.positions is None else group.positions + (0,) * n,
+            ranked_positions=None if group.ranked_positions is None else group.ranked_positions + (0,) * n,
+        )
+
+
 def truncate_group(group: QueryGroup, max_items: int, rng: random.Random) -> QueryGroup:
     """At most `max_items` items: all positives (best first, leaving room for one negative), then
     negatives sampled with `rng`. Items keep their order in the group."""

@@ -21,7 +21,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from adapters.config import TrainConfig
-from adapters.dataset import QueryGroup, Splits, truncate_group
+from adapters.dataset import NegativePool, QueryGroup, Splits, truncate_group
 from adapters.errors import NotEnoughData
 from adapters.losses import get_loss, ips_listwise_terms, ips_weights
 from adapters.ranker import Ranker
@@ -152,6 +152,7 @@ class _Run:
         self.on_progress = on_progress
         self.started = time.monotonic()
         self.rng = random.Random(cfg.seed)
+        self.negatives = NegativePool(data.train)
         self.loss_fn = get_loss(cfg.loss)
         self.curve = list(propensity) if propensity is not None and cfg.debias == "ips" else None
         if self.curve is not None and cfg.loss != "listwise":
@@ -256,8 +257,9 @@ class _Run:
             for start in range(0, len(order), cfg.groups_per_step):
                 if stop.before_step():
                     return best
-                batch = [truncate_group(self.data.train[i], cfg.max_items_per_group, self.rng)
-                         for i in order[start : start + cfg.groups_per_step]]
+                batch = [self.negatives.with_random_negatives(
+                    truncate_group(self.data.train[i], cfg.max_items_per_group, self.rng), cfg.random_negatives,
+                    self.rng) for i in order[start : start + cfg.groups_per_step]]
                 if not self.optimise(params, optimizer, scheduler, batch, epoch):
                     stop.diverged()
                     return best

@@ -36,7 +36,7 @@ import numpy as np
 __all__ = ["main", "markdown", "run", "run_one"]
 
 from daemon.tools.bench_learn_drift import run_drift
-from daemon.tools.bench_learn_models import BenchScoring, ScoreFn
+from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, train_overrides
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="1,2,3", help="Comma-separated seeds (default %(default)s).")
     p.add_argument("--log-pages", type=int, default=1500, help="Logged pages for propensity estimation.")
     p.add_argument("--train-pages", type=int, default=200, help="Newest pages used for training (+ holdout).")
-    p.add_argument("--judged-queries", type=int, default=40, help="Unseen judged queries per shop.")
+    p.add_argument("--judged-queries", type=int, default=200,
+                   help="Unseen judged queries per shop, for each ground truth (broad sets and served pages).")
     p.add_argument("--candidates", type=int, default=20, help="Judged items per unseen query.")
     p.add_argument("--eta", type=float, default=None, help="Override every shop's examination power.")
     p.add_argument("--policy", default=None, help="Override every shop's logging policy (random|lexical|closed).")
@@ -63,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--ips-max-weight", type=float, default=10.0)
+    p.add_argument("--random-negatives", type=int, default=None,
+                   help="Off-page negatives per training group (default: the daemon's, TrainConfig.random_negatives).")
     p.add_argument("--model", default="adapter", choices=("adapter", "proxy"),
                    help="adapter: LoRA + head (the daemon's learner); proxy: a head on frozen embeddings (cheap).")
     p.add_argument("--residual-scale", default="fixed", choices=("fixed", "learn"))
@@ -95,9 +98,16 @@ def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreF
     return prop.estimate(list(groups), len(true_curve), features=features, method=method)
 
 
+def _paired(model: Sequence[float], zero_shot: Sequence[float]) -> tuple[float, float]:
+    """Mean per-query gain over zero-shot and its standard error."""
+    diffs = np.asarray(model, dtype=np.float64) - np.asarray(zero_shot, dtype=np.float64)
+    return float(diffs.mean()), float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else 0.0
+
+
 def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int,
                    n_pos: int, curve: Any, holdout: Sequence[Any], judged: Sequence[dict[str, Any]],
-                   zs_gt: Sequence[float], fair_zero: Sequence[float], raw_zero: Sequence[float]) -> dict[str, Any]:
+                   zs_gt: Sequence[float], served: Sequence[dict[str, Any]], zs_served: Sequence[float],
+                   fair_zero: Sequence[float], raw_zero: Sequence[float]) -> dict[str, Any]:
     """Train one learner on `data`, then judge it: ground truth on unseen queries, and the gate against
     zero-shot on the click holdout, debiased (`fair`) and raw. Returns its row of the table."""
     from adapters.config import GateConfig, TrainConfig
@@ -108,7 +118,7 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
     cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"], residual_scale=opts["residual_scale"],
                       eval_every_steps=opts["eval_every"], max_items_per_group=n_pos, patience=3, min_groups=10,
                       max_seconds=1800, seed=seed, debias="ips" if learner == "corrected" else "none",
-                      ips_max_weight=opts["ips_max_weight"])
+                      ips_max_weight=opts["ips_max_weight"], **train_overrides(opts))
     used_curve = curve.values if learner == "corrected" else None
     ranker = scoring.ranker
     if opts["model"] == "proxy":
@@ -122,16 +132,18 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
         cand = scoring.adapter(name)
 
     gt = judged_ndcg(cand, judged)
+    gt_served = judged_ndcg(cand, served)
     gate_cfg = GateConfig()
     fair = decide(evaluate_groups(cand, holdout, propensity=curve.values, max_weight=opts["ips_max_weight"]
                                   ).per_group_ndcg, fair_zero, None, None, gate_cfg, seed=seed)
     raw = decide(evaluate_groups(cand, holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed)
     if opts["model"] != "proxy":
         ranker.delete_adapter(name)
-    diffs = np.asarray(gt) - np.asarray(zs_gt)
+    gain, se = _paired(gt, zs_gt)
+    served_gain, served_se = _paired(gt_served, zs_served)
     return {
-        "gt_ndcg10": float(np.mean(gt)), "gt_gain": float(diffs.mean()),
-        "gt_gain_se": float(diffs.std(ddof=1) / np.sqrt(diffs.size)),
+        "gt_ndcg10": float(np.mean(gt)), "gt_gain": gain, "gt_gain_se": se,
+        "gt_served_ndcg10": float(np.mean(gt_served)), "gt_served_gain": served_gain, "gt_served_gain_se": served_se,
         "fair_gate": fair.passed, "fair_gain": fair.ndcg_gain, "fair_p": fair.bootstrap_p_gain,
         "min_detectable_gain": fair.min_detectable_gain,
         "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
@@ -165,10 +177,13 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
     truth = [g for g in _truth_groups(events) if g.key in keys]
     truth_splits = split(truth, split_cfg)
     judged = shop.judgements(opts["judged_queries"], opts["candidates"])
+    served = shop.served_judgements(opts["judged_queries"])
 
     rows: dict[str, dict[str, Any]] = {}
     zs_gt = judged_ndcg(zero_shot, judged)
-    rows["zero-shot"] = {"gt_ndcg10": float(np.mean(zs_gt)), "train_s": 0.0}
+    zs_served = judged_ndcg(zero_shot, served)
+    rows["zero-shot"] = {"gt_ndcg10": float(np.mean(zs_gt)), "gt_served_ndcg10": float(np.mean(zs_served)),
+                         "train_s": 0.0}
     fair_zero = evaluate_groups(zero_shot, splits.holdout, propensity=curve.values,
                                 max_weight=opts["ips_max_weight"]).per_group_ndcg
     raw_zero = evaluate_groups(zero_shot, splits.holdout).per_group_ndcg
@@ -176,31 +191,52 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
         data = truth_splits if learner == "ceiling" else splits
         rows[learner] = _train_learner(scoring, learner, f"b-{spec.name}-{seed}-{learner}"[:60], data, opts, seed=seed,
                                        n_pos=n_pos, curve=curve, holdout=splits.holdout, judged=judged, zs_gt=zs_gt,
-                                       fair_zero=fair_zero, raw_zero=raw_zero)
+                                       served=served, zs_served=zs_served, fair_zero=fair_zero, raw_zero=raw_zero)
         log.info("%s seed %d %s: gt %.4f (zero-shot %.4f) fair gate %s raw gate %s, %.0fs", spec.name, seed, learner,
                  rows[learner]["gt_ndcg10"], rows["zero-shot"]["gt_ndcg10"], rows[learner]["fair_gate"],
                  rows[learner]["raw_gate"], rows[learner]["train_s"])
     promoted = rows.get("corrected", {})
-    prom_gt = promoted["gt_ndcg10"] if promoted.get("fair_gate") else rows["zero-shot"]["gt_ndcg10"]
+    won = bool(promoted.get("fair_gate"))
+    prom_gt = promoted["gt_ndcg10"] if won else rows["zero-shot"]["gt_ndcg10"]
     return {
         "shop": spec.name, "seed": seed, "domain": spec.domain, "policy": spec.policy, "eta": spec.clicks.eta,
         "rule": spec.rule, "n_items": spec.n_items, "page_size": spec.page_size,
         "n_log_pages": opts["log_pages"], "n_groups": len(groups), "n_train": len(splits.train),
-        "n_holdout": len(splits.holdout), "n_judged": len(judged),
+        "n_holdout": len(splits.holdout), "n_judged": len(judged), "n_served": len(served),
         "propensity": {"method": curve.method, "estimated": [round(v, 4) for v in curve.values[:10]],
                        "true": [round(v / true_curve[0], 4) for v in true_curve[:10]],
                        "max_rel_error_1_10": round(prop_err, 4), "n_clicks": curve.n_clicks},
         "learners": rows,
-        "promoted": {"learner": "corrected" if promoted.get("fair_gate") else "zero-shot", "gt_ndcg10": prom_gt,
-                     "gt_gain": prom_gt - rows["zero-shot"]["gt_ndcg10"]},
+        "promoted": {"learner": "corrected" if won else "zero-shot", "gt_ndcg10": prom_gt,
+                     "gt_gain": prom_gt - rows["zero-shot"]["gt_ndcg10"],
+                     "gt_gain_se": promoted["gt_gain_se"] if won else 0.0,
+                     "gt_served_gain": promoted["gt_served_gain"] if won else 0.0,
+                     "gt_served_gain_se": promoted["gt_served_gain_se"] if won else 0.0},
         "model": opts["model"], "simulate_s": round(sim_s, 1), "total_s": round(time.monotonic() - t0, 1),
     }
 
 
+def _mean_cell(cells: Sequence[dict[str, Any]], key: str) -> str:
+    """Mean of `key` over the cells that have it (older result files lack the served-page columns)."""
+    vals = [c[key] for c in cells if key in c]
+    return f"{statistics.mean(vals):+.4f}" if vals else "n/a"
+
+
+def _losses(rs: Sequence[dict[str, Any]]) -> str:
+    """Promotions whose ground-truth gain is below zero by more than 2 standard errors, broad/served."""
+    prom = [r["promoted"] for r in rs if r["promoted"]["learner"] != "zero-shot"]
+
+    def lost(key: str) -> int:
+        return sum(p.get(key, 0.0) + 2 * p.get(f"{key}_se", 0.0) < 0 for p in prom)
+
+    return f"{lost('gt_gain')}/{lost('gt_served_gain')} of {len(prom)}"
+
+
 def markdown(results: Sequence[dict[str, Any]]) -> str:
-    """One row per shop and learner: mean over seeds of ground-truth NDCG@10 and gain, gate passes."""
-    out = ["| shop | policy | eta | learner | GT NDCG@10 | gain vs zero-shot | fair gate | raw gate | train s |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    """One row per shop and learner: mean over seeds of ground-truth NDCG@10 and gains, gate passes; the
+    promoted row counts promotions that lost significantly (broad judged sets / served pages)."""
+    out = ["| shop | policy | eta | learner | GT NDCG@10 | gain vs zero-shot | served-page gain | fair gate | raw gate "
+           "| train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     shops: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         shops.setdefault(r["shop"], []).append(r)
@@ -211,14 +247,16 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
                 continue
             gt = statistics.mean(c["gt_ndcg10"] for c in cells)
             gain = "" if learner == "zero-shot" else f"{statistics.mean(c['gt_gain'] for c in cells):+.4f}"
+            served = "" if learner == "zero-shot" else _mean_cell(cells, "gt_served_gain")
             fair = "" if learner == "zero-shot" else f"{sum(c['fair_gate'] for c in cells)}/{len(cells)}"
             raw = "" if learner == "zero-shot" else f"{sum(c['raw_gate'] for c in cells)}/{len(cells)}"
             secs = statistics.mean(c["train_s"] for c in cells)
-            out.append(f"| {shop} | {rs[0]['policy']} | {rs[0]['eta']:g} | {learner} | {gt:.4f} | {gain} | {fair} | "
-                       f"{raw} | {secs:.0f} |")
-        prom = statistics.mean(r["promoted"]["gt_gain"] for r in rs)
-        out.append(f"| {shop} | | | **promoted** | {statistics.mean(r['promoted']['gt_ndcg10'] for r in rs):.4f} | "
-                   f"{prom:+.4f} | | | |")
+            out.append(f"| {shop} | {rs[0]['policy']} | {rs[0]['eta']:g} | {learner} | {gt:.4f} | {gain} | {served} | "
+                       f"{fair} | {raw} | {secs:.0f} |")
+        prom = [r["promoted"] for r in rs]
+        out.append(f"| {shop} | | | **promoted** | {statistics.mean(p['gt_ndcg10'] for p in prom):.4f} | "
+                   f"{statistics.mean(p['gt_gain'] for p in prom):+.4f} | {_mean_cell(prom, 'gt_served_gain')} | "
+                   f"lost: {_losses(rs)} | | |")
     out += ["", "| shop | seeds | propensity method | max rel. error pos 1-10 | estimated (1..5) | true (1..5) |",
             "|---|---|---|---|---|---|"]
     for shop, rs in shops.items():
@@ -263,6 +301,7 @@ def run(args: argparse.Namespace, settings: Any = None) -> dict[str, Any]:
     opts = {"log_pages": args.log_pages, "train_pages": args.train_pages, "judged_queries": args.judged_queries,
             "candidates": args.candidates, "propensity": args.propensity, "learning_rate": args.learning_rate,
             "epochs": args.epochs, "eval_every": args.eval_every, "ips_max_weight": args.ips_max_weight,
+            "random_negatives": args.random_negatives,
             "learners": [x.strip() for x in args.learners.split(",") if x.strip()], "model": args.model,
             "residual_scale": args.residual_scale, "max_seq_len": args.max_seq_len, "quantization": args.quantization}
     t0 = time.monotonic()

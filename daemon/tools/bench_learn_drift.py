@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.tools.bench_learn_models import BenchScoring, ScoreFn
+from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, train_overrides
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -45,15 +45,24 @@ def _fit(scoring: BenchScoring, opts: dict[str, Any], cfg: Any, name: str, data:
 def _judged(shop: Any, opts: dict[str, Any], models: dict[str, ScoreFn]
             ) -> dict[str, Any]:
     """Mean ground-truth NDCG@10 of each model on unseen post-drift queries, split into the categories
-    the drift changed and those it left unchanged."""
-    judged = shop.judgements(opts["judged_queries"] * 2, opts["candidates"], phase="post")
-    drifted = [j for j in judged if j["intent"]["category"] in shop.drifted]
-    unchanged = [j for j in judged if j["intent"]["category"] not in shop.drifted]
+    the drift changed and those it left unchanged, on broad judged sets (`drifted_*`, `unchanged_*`) and
+    on the pages the shop retrieves (`served_drifted_*`, `served_unchanged_*`). `*_new_vs_old` is the new
+    champion's mean gain over the old one, with its standard error (`*_new_vs_old_se`)."""
+    n = opts["judged_queries"] * 2
+    sets = {"": shop.judgements(n, opts["candidates"], phase="post"),
+            "served_": shop.served_judgements(n, phase="post")}
     out: dict[str, Any] = {}
-    for label, js in (("drifted", drifted), ("unchanged", unchanged)):
-        for who, fn in models.items():
-            out[f"{label}_{who}"] = float(np.mean(judged_ndcg(fn, js))) if js else None
-        out[f"{label}_n"] = len(js)
+    for prefix, judged in sets.items():
+        for label in ("drifted", "unchanged"):
+            js = [j for j in judged if (j["intent"]["category"] in shop.drifted) == (label == "drifted")]
+            per = {who: np.asarray(judged_ndcg(fn, js), dtype=np.float64) for who, fn in models.items()}
+            for who, vals in per.items():
+                out[f"{prefix}{label}_{who}"] = float(vals.mean()) if js else None
+            diffs = per["new_champion"] - per["champion"]
+            out[f"{prefix}{label}_new_vs_old"] = float(diffs.mean()) if js else None
+            out[f"{prefix}{label}_new_vs_old_se"] = (float(diffs.std(ddof=1) / np.sqrt(diffs.size))
+                                                     if diffs.size > 1 else None)
+            out[f"{prefix}{label}_n"] = len(js)
     return out
 
 
@@ -64,7 +73,8 @@ def _configs(opts: dict[str, Any], seed: int, n_pos: int) -> tuple[Any, Any, Any
     split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.15, replay_ratio=0.5, seed=seed)
     cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"], eval_every_steps=opts["eval_every"],
                       max_items_per_group=n_pos, patience=3, min_groups=10, max_seconds=1800, seed=seed,
-                      debias="ips", ips_max_weight=opts["ips_max_weight"], residual_scale=opts["residual_scale"])
+                      debias="ips", ips_max_weight=opts["ips_max_weight"], residual_scale=opts["residual_scale"],
+                      **train_overrides(opts))
     return GateConfig(), split_cfg, cfg
 
 

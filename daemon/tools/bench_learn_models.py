@@ -17,11 +17,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchScoring", "ScoreFn"]
+__all__ = ["BenchScoring", "ScoreFn", "train_overrides"]
 
 log = logging.getLogger("bench_learn")
 
 ScoreFn = Callable[[str, Sequence[str]], Any]
+
+
+def train_overrides(opts: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields the bench's options override; the rest keep the daemon's defaults."""
+    return {} if opts.get("random_negatives") is None else {"random_negatives": opts["random_negatives"]}
 
 
 class BenchScoring:

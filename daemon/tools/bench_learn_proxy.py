@@ -50,13 +50,16 @@ class ProxyModel:
 
         import torch
 
+        from adapters.dataset import NegativePool
         from adapters.losses import ips_listwise_terms, ips_weights, listwise_loss
         from adapters.ranking_metrics import evaluate_groups
 
         t0 = time.monotonic()
-        feats = [self.features(g.query, g.texts) for g in splits.train]
-        opt = torch.optim.Adam([self.a, self.v], lr=cfg.learning_rate)
         rng = random.Random(cfg.seed)
+        pool = NegativePool(splits.train)  # fixed negatives per group: features are computed once
+        train = [pool.with_random_negatives(g, cfg.random_negatives, rng) for g in splits.train]
+        feats = [self.features(g.query, g.texts) for g in train]
+        opt = torch.optim.Adam([self.a, self.v], lr=cfg.learning_rate)
 
         def holdout() -> float:
             return evaluate_groups(self.score, splits.holdout, propensity=curve, max_weight=cfg.ips_max_weight).ndcg10
@@ -71,12 +74,12 @@ class ProxyModel:
             for i in range(0, len(order), cfg.groups_per_step):
                 idx = order[i : i + cfg.groups_per_step]
                 if curve is None:
-                    loss = torch.stack([listwise_loss(self.logits(feats[j]), torch.as_tensor(splits.train[j].labels))
+                    loss = torch.stack([listwise_loss(self.logits(feats[j]), torch.as_tensor(train[j].labels))
                                         for j in idx]).mean()
                 else:
                     terms = []
                     for j in idx:
-                        g = splits.train[j]
+                        g = train[j]
                         w = torch.ones(len(g)) if g.positions is None else ips_weights(g.positions, curve,
                                                                                         cfg.ips_max_weight)
                         terms.append(ips_listwise_terms(self.logits(feats[j]), torch.as_tensor(g.labels), w))

@@ -336,6 +336,35 @@ class FamilyShop:
                                    "grade": self.relevance(intent, self.items[i], phase)} for i in chosen]})
         return out
 
+    def served_judgements(self, n_queries: int = 60, phase: str = "pre",
+                          stream: str = "served") -> list[dict[str, Any]]:
+        """Ground truth on what shoppers would see: `n_queries` distinct queries (own random stream), each
+        with the candidates the shop's retrieval hands the ranker (`retrieve` items, as in `traffic`) and
+        their hidden grades, in `judgements`' format. Queries whose candidates are all grade 0 are skipped
+        (every order scores the same). `judgements` asks whether a model ranks a broad candidate set well;
+        this asks whether it orders the shop's own pages better."""
+        spec = self.spec
+        rng = random.Random(f"{spec.name}:{self.seed}:{stream}:{phase}")
+        nrng = np.random.default_rng(rng.getrandbits(32))
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for _ in range(n_queries * 50):
+            if len(out) >= n_queries:
+                break
+            intent = self.sample_intent(rng)
+            query = self.render_query(intent, rng)
+            cand = self.retrieve(query, spec.retrieve, nrng if spec.policy == "lexical" else None, spec.lexical_noise)
+            grades = [self.relevance(intent, self.items[i], phase) for i in cand]
+            if query in seen or not any(grades):
+                continue
+            seen.add(query)
+            rng.shuffle(order := list(range(len(cand))))
+            out.append({"query": query, "phase": phase,
+                        "intent": {"category": intent.category, **dict(intent.attrs)},
+                        "items": [{"item_id": self.items[cand[j]].item_id, "text": self.items[cand[j]].text,
+                                   "grade": grades[j]} for j in order]})
+        return out
+
 
 def clicks_from_judgements(
     judged: Sequence[Mapping[str, Any]],

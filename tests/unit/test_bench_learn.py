@@ -28,7 +28,50 @@ def test_bench_learn_smallest_config_gives_json(tmp_path: Path, capsys: pytest.C
         cell = r["learners"][learner]
         assert 0.0 <= cell["gt_ndcg10"] <= 1.0 and isinstance(cell["fair_gate"], bool)
         assert cell["min_detectable_gain"] >= 0.0
+        assert 0.0 <= cell["gt_served_ndcg10"] <= 1.0 and cell["gt_served_gain_se"] >= 0.0
+        assert cell["gt_served_gain"] == pytest.approx(cell["gt_served_ndcg10"]
+                                                       - r["learners"]["zero-shot"]["gt_served_ndcg10"])
+    assert r["n_served"] == 4
     assert len(r["propensity"]["estimated"]) == len(r["propensity"]["true"]) == 10
     assert r["promoted"]["learner"] in ("zero-shot", "corrected")
     assert "| fashion-lexical | lexical |" in doc["table"] and "**promoted**" in doc["table"]
+    assert "lost: " in doc["table"]
     assert json.loads(lines.read_text().splitlines()[0]) == r  # appended as it ran
+
+
+def test_the_table_counts_only_promotions_that_lost_beyond_two_standard_errors() -> None:
+    from daemon.tools.bench_learn import markdown
+
+    def result(seed: int, promoted: dict[str, object]) -> dict[str, object]:
+        cell = {"gt_ndcg10": 0.9, "gt_gain": 0.0, "gt_served_gain": 0.0, "fair_gate": True, "raw_gate": False,
+                "train_s": 1.0}
+        return {"shop": "s", "seed": seed, "policy": "closed", "eta": 1.0,
+                "learners": {"zero-shot": {"gt_ndcg10": 0.9, "train_s": 0.0}, "corrected": cell},
+                "promoted": {"gt_ndcg10": 0.9, **promoted},
+                "propensity": {"method": "randomized", "max_rel_error_1_10": 0.1, "estimated": [1.0] * 5,
+                               "true": [1.0] * 5}}
+
+    rows = [
+        result(1, {"learner": "corrected", "gt_gain": -0.03, "gt_gain_se": 0.01,  # lost: -0.03 + 0.02 < 0
+                   "gt_served_gain": -0.01, "gt_served_gain_se": 0.01}),  # within noise
+        result(2, {"learner": "corrected", "gt_gain": -0.01, "gt_gain_se": 0.01,
+                   "gt_served_gain": -0.05, "gt_served_gain_se": 0.01}),  # lost on served pages only
+        result(3, {"learner": "zero-shot", "gt_gain": 0.0}),  # not promoted: never a loss
+    ]
+    assert "lost: 1/1 of 2" in markdown(rows)
+
+
+@pytest.mark.slow
+def test_bench_learn_drift_reports_both_ground_truths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "learn", "--drift", "--shops", "fashion-brand-closed", "--seeds", "2", "--log-pages", "80",
+                 "--train-pages", "60", "--judged-queries", "6", "--candidates", "8", "--model", "proxy",
+                 "--quantization", "none", "--out", str(tmp_path / "drift.json")])
+    assert code == 0
+    [r] = json.loads(capsys.readouterr().out)["results"]
+    for prefix in ("", "served_"):
+        assert r[f"{prefix}drifted_n"] + r[f"{prefix}unchanged_n"] == 12
+        for label in ("drifted", "unchanged"):
+            if r[f"{prefix}{label}_n"] >= 2:
+                assert r[f"{prefix}{label}_new_vs_old"] == pytest.approx(
+                    r[f"{prefix}{label}_new_champion"] - r[f"{prefix}{label}_champion"])
+                assert r[f"{prefix}{label}_new_vs_old_se"] >= 0.0

@@ -151,3 +151,28 @@ def test_synthetic_fixture_has_ground_truth(synthetic_groups: list[QueryGroup], 
     assert true_relevance("winter", "jacket", {"category": "jacket", "brand": "Fjord", "season": "winter"}) == 3
     assert true_relevance("", "jacket", {"category": "hat", "brand": "Fjord", "season": "winter"}) == 0
     assert synthetic_splits.train and synthetic_splits.holdout and synthetic_splits.regression
+
+
+def _page(key: str, items: list[str], clicked: str) -> QueryGroup:
+    return QueryGroup(key=key, query=f"q {key}", ts=T0, item_ids=tuple(items), texts=tuple(f"text {i}" for i in items),
+                      labels=tuple(int(i == clicked) for i in items), positions=tuple(range(len(items))))
+
+
+def test_random_negatives_come_from_other_pages_unclicked_and_aligned() -> None:
+    from adapters.dataset import NegativePool
+
+    pages = [_page("a", ["i1", "i2", "i3"], "i2"), _page("b", ["i3", "i4", "i5", "i6"], "i4"),
+             _page("c", ["i7", "i8"], "i7")]
+    pool = NegativePool(pages)
+    grown = pool.with_random_negatives(pages[0], 3, random.Random(1))
+    assert grown.item_ids[:3] == pages[0].item_ids and grown.labels[:3] == pages[0].labels
+    added = grown.item_ids[3:]
+    assert len(added) == 3 and not set(added) & set(pages[0].item_ids) and len(set(added)) == 3
+    assert grown.labels[3:] == (0, 0, 0) and grown.texts[3:] == tuple(f"text {i}" for i in added)
+    assert grown.positions is not None and len(grown.positions) == len(grown) == 6
+    assert grown == pool.with_random_negatives(pages[0], 3, random.Random(1))  # deterministic for a seed
+    # k = 0 leaves the group alone and draws nothing, so runs without negatives are unchanged
+    rng = random.Random(5)
+    assert pool.with_random_negatives(pages[0], 0, rng) is pages[0] and rng.random() == random.Random(5).random()
+    # never more than the pool holds outside the page
+    assert len(pool.with_random_negatives(pages[2], 50, random.Random(2))) == 8

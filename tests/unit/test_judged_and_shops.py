@@ -117,3 +117,18 @@ def test_clicks_from_judgements_recover_the_position_curve() -> None:
     assert all(g.explore == "shuffle" for g in groups)
     curve = estimate_randomized(groups)
     assert max_relative_error(curve.values, [1 / (k + 1) for k in range(10)]) < 0.25
+
+
+def test_served_judgements_grade_the_candidates_the_shop_retrieves() -> None:
+    shop = FamilyShop(family_spec("electronics-closed"), 3)
+    served = shop.served_judgements(25)
+    assert len(served) == 25 and len({s["query"] for s in served}) == 25
+    by_id = {it.item_id: it for it in shop.items}
+    for s in served:
+        ids = [i["item_id"] for i in s["items"]]
+        # the same set the shop retrieves for the query (retrieve=16 here), shuffled, with the hidden grades
+        retrieved = {shop.items[i].item_id for i in shop.retrieve(s["query"], shop.spec.retrieve, None, 0.0)}
+        assert set(ids) == retrieved and len(ids) == shop.spec.retrieve
+        assert any(i["grade"] > 0 for i in s["items"])
+        assert all(0 <= i["grade"] <= 3 and by_id[i["item_id"]].text == i["text"] for i in s["items"])
+    assert served == shop.served_judgements(25)  # deterministic for (shop, seed)

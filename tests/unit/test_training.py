@@ -149,3 +149,29 @@ def test_stop_condition_reasons() -> None:
     assert asked.before_step() and asked.reason == "stopped"
     budget_first = Stop(cfg, now - 61, should_stop=lambda: True)
     assert budget_first.before_step() and budget_first.reason == "budget"
+
+
+@pytest.mark.slow
+def test_training_groups_carry_random_negatives_from_other_pages(
+    load_ranker: Callable[..., Any], small_splits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters import training
+
+    seen: list[Any] = []
+    original = training._Run.batch_loss
+
+    def spy(self: Any, batch: list[Any]) -> Any:
+        seen.extend(batch)
+        return original(self, batch)
+
+    monkeypatch.setattr(training._Run, "batch_loss", spy)
+    cfg = FAST.model_copy(update=dict(epochs=1, random_negatives=3, eval_every_steps=50, max_seconds=600))
+    data = Splits(train=small_splits.train[:16], holdout=small_splits.holdout[:4])
+    train(load_ranker("none"), data, cfg, adapter_name="tr_negatives")
+    originals = {g.key: g for g in data.train}
+    assert sorted(g.key for g in seen) == sorted(originals)  # one epoch: every page once
+    for g in seen:
+        page = originals[g.key]
+        kept = min(len(page), cfg.max_items_per_group)
+        assert len(g) == kept + 3 and g.labels[kept:] == (0, 0, 0)
+        assert not set(g.item_ids[kept:]) & set(page.item_ids)
