@@ -23,7 +23,7 @@ from tests.fixtures.training import store_records
 
 # training settings small enough for a few CPU trainings per test (with `training_settings`)
 SMALL = {"train_max_groups": 40, "train_epochs": 1, "train_max_items_per_group": 6, "model_max_seq_len": 32,
-         "gate_bootstrap_samples": 100}
+         "gate_bootstrap_samples": 100, "train_random_negatives": 0}
 
 
 @dataclass

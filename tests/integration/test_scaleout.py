@@ -65,7 +65,7 @@ def test_two_ingest_members_two_replicas_and_one_scheduler(
         storage_artifacts_dir=tmp_path / "artifacts", kafka_control_topic=f"t-{run}.control",
         kafka_topic_partitions=3, api_token=TOKEN, scorer_reconcile_interval_s=RECONCILE_S,
         model_quantization="none", model_device="cpu", model_max_seq_len=32, train_max_items_per_group=8,
-        train_max_groups=80, train_epochs=1, train_max_seconds=90, train_eval_every_steps=5,
+        train_random_negatives=0, train_max_groups=80, train_epochs=1, train_max_seconds=90, train_eval_every_steps=5,
         retrain_interval_s=10, retrain_min_events=150, drift_interval_s=3600))
     case.create_topics()
     records = simulate(3000, seed=5, n_items=120)
