@@ -143,7 +143,8 @@ def _judged_traffic(args: argparse.Namespace, order: Any) -> list[Any]:
 
     from adapters.judged import read_judgements
     from daemon.commands.errors import UsageError
-    from daemon.tools.shops import ClickModel, clicks_from_judgements
+    from daemon.tools.semi_synthetic import clicks_from_judgements
+    from daemon.tools.shops import ClickModel
     from daemon.tools.simulate import SimRecord
 
     try:

@@ -17,15 +17,16 @@ irrelevant items that are examined (more at the top, where more is examined). `e
 (shuffles) a share of pages and marks their events (`dataset.EXPLORE_FIELD`, `RANKED_POSITION_FIELD`).
 
 Everything is deterministic for a seed. `judgements` gives ground-truth graded sets for unseen queries
-(its own random stream); `clicks_from_judgements` turns any judged set (a shop's or an operator's file)
-into position-biased click traffic, the semi-synthetic protocol of unbiased learning to rank.
+(its own random stream), `served_judgements` the graded candidates of the shop's own pages;
+`daemon.tools.semi_synthetic.clicks_from_judgements` turns any judged set (a shop's or an operator's file)
+into position-biased click traffic.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,7 +43,6 @@ __all__ = [
     "ClickModel",
     "FamilyShop",
     "ShopSpec",
-    "clicks_from_judgements",
     "family_spec",
     "with_policy",
 ]
@@ -300,6 +300,28 @@ class FamilyShop:
             cand = [cand[j] for j in np.argsort(-scores, kind="stable")]
         return cand
 
+    def _draws(self, rng: random.Random, n_queries: int, out: list[dict[str, Any]]
+               ) -> Iterator[tuple[Intent, str, bool]]:
+        """(intent, query, new) drawn with `rng` until `out` holds `n_queries` entries, at most 50 draws per
+        entry wanted. A query counts as taken, never new again, once the caller appended an entry for it."""
+        seen: set[str] = set()
+        for _ in range(n_queries * 50):
+            if len(out) >= n_queries:
+                return
+            intent = self.sample_intent(rng)
+            query = self.render_query(intent, rng)
+            n = len(out)
+            yield intent, query, query not in seen
+            if len(out) > n:
+                seen.add(query)
+
+    def _judged_entry(self, intent: Intent, query: str, phase: str, graded: Iterable[tuple[int, int]]
+                      ) -> dict[str, Any]:
+        """One judged query in the format of `judgements`; `graded` holds (item index, grade) in order."""
+        return {"query": query, "phase": phase, "intent": {"category": intent.category, **dict(intent.attrs)},
+                "items": [{"item_id": self.items[i].item_id, "text": self.items[i].text, "grade": g}
+                          for i, g in graded]}
+
     def judgements(self, n_queries: int = 60, candidates: int = 30, phase: str = "pre",
                    stream: str = "judgements") -> list[dict[str, Any]]:
         """Ground truth for `n_queries` distinct unseen queries: `{"query", "intent", "items": [{item_id,
@@ -307,19 +329,13 @@ class FamilyShop:
         share an attribute or the lexical top, random zeros), shuffled. Own random stream."""
         rng = random.Random(f"{self.spec.name}:{self.seed}:{stream}:{phase}")
         out: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for _ in range(n_queries * 50):
-            if len(out) >= n_queries:
-                break
-            intent = self.sample_intent(rng)
-            query = self.render_query(intent, rng)
+        for intent, query, new in self._draws(rng, n_queries, out):
             by: dict[int, list[int]] = {g: [] for g in range(4)}
             for i, it in enumerate(self.items):
                 by[self.relevance(intent, it, phase)].append(i)
             high = by[3] + by[2]
-            if query in seen or not high or not by[0]:
+            if not new or not high or not by[0]:
                 continue
-            seen.add(query)
             rng.shuffle(high)
             chosen = high[: max(1, candidates // 4)]
             chosen += rng.sample(by[1], min(len(by[1]), candidates // 4))
@@ -330,10 +346,8 @@ class FamilyShop:
             rng.shuffle(rest)
             chosen += zeros + rest[: n_zero - len(zeros)]
             rng.shuffle(chosen)
-            out.append({"query": query, "phase": phase,
-                        "intent": {"category": intent.category, **dict(intent.attrs)},
-                        "items": [{"item_id": self.items[i].item_id, "text": self.items[i].text,
-                                   "grade": self.relevance(intent, self.items[i], phase)} for i in chosen]})
+            out.append(self._judged_entry(intent, query, phase,
+                                          ((i, self.relevance(intent, self.items[i], phase)) for i in chosen)))
         return out
 
     def served_judgements(self, n_queries: int = 60, phase: str = "pre",
@@ -347,73 +361,11 @@ class FamilyShop:
         rng = random.Random(f"{spec.name}:{self.seed}:{stream}:{phase}")
         nrng = np.random.default_rng(rng.getrandbits(32))
         out: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for _ in range(n_queries * 50):
-            if len(out) >= n_queries:
-                break
-            intent = self.sample_intent(rng)
-            query = self.render_query(intent, rng)
+        for intent, query, new in self._draws(rng, n_queries, out):
             cand = self.retrieve(query, spec.retrieve, nrng if spec.policy == "lexical" else None, spec.lexical_noise)
             grades = [self.relevance(intent, self.items[i], phase) for i in cand]
-            if query in seen or not any(grades):
+            if not new or not any(grades):
                 continue
-            seen.add(query)
             rng.shuffle(order := list(range(len(cand))))
-            out.append({"query": query, "phase": phase,
-                        "intent": {"category": intent.category, **dict(intent.attrs)},
-                        "items": [{"item_id": self.items[cand[j]].item_id, "text": self.items[cand[j]].text,
-                                   "grade": grades[j]} for j in order]})
+            out.append(self._judged_entry(intent, query, phase, ((cand[j], grades[j]) for j in order)))
         return out
-
-
-def clicks_from_judgements(
-    judged: Sequence[Mapping[str, Any]],
-    n_pages: int,
-    clicks: ClickModel,
-    *,
-    page_size: int = 10,
-    order: OrderFn | None = None,
-    seed: int = 0,
-    explore_rate: float = 0.0,
-    start: datetime = _T0,
-) -> list[dict[str, Any]]:
-    """Semi-synthetic click traffic from a judged set (Joachims et al. 2017; ULTRA's protocol).
-
-    Each page draws a judged query, orders its judged items by `order(query, texts)` (the logging ranker;
-    None: random order), shows the top `page_size`, and simulates `clicks` from the true grades (capped at
-    3). Returns feedback events for `dataset.build_groups`, each with its hidden `grade`.
-    """
-    if not judged:
-        raise ValueError("no judged queries")
-    rng = random.Random(f"judged:{seed}")
-    out: list[dict[str, Any]] = []
-    ts = start
-    for page in range(n_pages):
-        q = judged[rng.randrange(len(judged))]
-        items = list(q["items"])
-        if order is None:
-            rng.shuffle(items)
-        else:
-            scores = np.asarray(order(str(q["query"]), [str(it["text"]) for it in items]), dtype=np.float64)
-            items = [items[j] for j in np.argsort(-scores, kind="stable")]
-        shown = items[:page_size]
-        ranked = list(range(len(shown)))
-        explore = explore_rate > 0 and rng.random() < explore_rate
-        if explore:
-            rng.shuffle(ranked)
-            shown = [shown[r] for r in ranked]
-        rid = f"judged-{seed}-{page:06d}"
-        ts += timedelta(seconds=rng.uniform(1, 20))
-        for pos, it in enumerate(shown):
-            grade = max(0, min(3, int(it["grade"])))
-            base = {"ts": ts, "query": str(q["query"]), "item_id": str(it["item_id"]), "position": pos,
-                    "request_id": rid, "session_hash": None, "item_text": str(it["text"]), "grade": grade}
-            if explore:
-                base[EXPLORE_FIELD] = "shuffle"
-                base[RANKED_POSITION_FIELD] = ranked[pos]
-            out.append({**base, "event_id": f"{rid}-{pos}-i", "action": "impression"})
-            if rng.random() < clicks.p_click(pos, grade):
-                out.append({**base, "event_id": f"{rid}-{pos}-c", "action": "click"})
-                if rng.random() < CART_GIVEN_CLICK[grade]:
-                    out.append({**base, "event_id": f"{rid}-{pos}-a", "action": "add_to_cart"})
-    return out

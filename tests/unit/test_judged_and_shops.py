@@ -14,7 +14,8 @@ import pytest
 from adapters.dataset import build_groups
 from adapters.judged import evaluate_judged, read_judgements
 from adapters.propensity import estimate_randomized, max_relative_error
-from daemon.tools.shops import FAMILY, ClickModel, FamilyShop, clicks_from_judgements, family_spec, with_policy
+from daemon.tools.semi_synthetic import clicks_from_judgements
+from daemon.tools.shops import FAMILY, ClickModel, FamilyShop, family_spec, with_policy
 
 TSV = "query\titem_id\ttext\tgrade\nred shoes\ta\tred shoe\t2\nred shoes\tb\tblue hat\t0\nred shoes\tc\tred boot\t1\n" \
       "tent\td\tbig tent\t0\ntent\te\ttent two\t3\nsame\tf\tx\t1\nsame\tg\ty\t1\n"
