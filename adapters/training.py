@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 from adapters.config import TrainConfig
 from adapters.dataset import NegativePool, QueryGroup, Splits, truncate_group
 from adapters.errors import NotEnoughData
-from adapters.losses import get_loss, ips_listwise_terms, ips_weights
+from adapters.losses import GroupLoss, get_loss, ips_listwise_terms, ips_weights, listwise_loss
 from adapters.ranker import Ranker
 from adapters.ranking_metrics import EvalResult, evaluate_groups
 
@@ -102,6 +102,20 @@ def _weights(group: QueryGroup, curve: Sequence[float], max_weight: float) -> to
     if group.positions is None:
         return torch.ones(len(group))
     return ips_weights(group.positions, curve, max_weight)
+
+
+def batch_loss(scores: Sequence[torch.Tensor], groups: Sequence[QueryGroup], curve: Sequence[float] | None,
+               max_weight: float, loss_fn: GroupLoss = listwise_loss
+               ) -> torch.Tensor:
+    """The loss of one step over `groups` (`scores[i]` scores `groups[i]`): the mean of `loss_fn` per group
+    without a propensity curve; with one, the IPS-weighted listwise loss, numerators and weights summed
+    over the batch (`ips_listwise_terms`)."""
+    if curve is None:
+        return torch.stack([loss_fn(s, torch.as_tensor(g.labels, device=s.device))
+                            for s, g in zip(scores, groups, strict=True)]).mean()
+    terms = [ips_listwise_terms(s, torch.as_tensor(g.labels, device=s.device), _weights(g, curve, max_weight))
+             for s, g in zip(scores, groups, strict=True)]
+    return torch.stack([n for n, _ in terms]).sum() / torch.stack([t for _, t in terms]).sum().clamp(min=1e-9)
 
 
 class Stop:
@@ -208,15 +222,7 @@ class _Run:
         else:
             logits = self.ranker.train_logits(queries, texts)
         per_group = torch.split(logits, [len(g) for g in batch])
-        if self.curve is None:
-            loss = torch.stack([self.loss_fn(s, torch.as_tensor(g.labels, device=s.device))
-                                for s, g in zip(per_group, batch, strict=True)]).mean()
-        else:
-            terms = [ips_listwise_terms(s, torch.as_tensor(g.labels, device=s.device),
-                                        _weights(g, self.curve, self.cfg.ips_max_weight))
-                     for s, g in zip(per_group, batch, strict=True)]
-            loss = torch.stack([n for n, _ in terms]).sum() / torch.stack([t for _, t in terms]).sum().clamp(min=1e-9)
-        return loss, int(logits.numel())
+        return batch_loss(per_group, batch, self.curve, self.cfg.ips_max_weight, self.loss_fn), int(logits.numel())
 
     def optimise(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                  scheduler: Any, batch: list[QueryGroup], epoch: int) -> bool:

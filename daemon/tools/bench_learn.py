@@ -36,7 +36,7 @@ import numpy as np
 __all__ = ["main", "markdown", "run", "run_one"]
 
 from daemon.tools.bench_learn_drift import run_drift
-from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, train_overrides
+from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, paired_gain, train_overrides
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -98,12 +98,6 @@ def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreF
     return prop.estimate(list(groups), len(true_curve), features=features, method=method)
 
 
-def _paired(model: Sequence[float], zero_shot: Sequence[float]) -> tuple[float, float]:
-    """Mean per-query gain over zero-shot and its standard error."""
-    diffs = np.asarray(model, dtype=np.float64) - np.asarray(zero_shot, dtype=np.float64)
-    return float(diffs.mean()), float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else 0.0
-
-
 def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int,
                    n_pos: int, curve: Any, holdout: Sequence[Any], judged: Sequence[dict[str, Any]],
                    zs_gt: Sequence[float], served: Sequence[dict[str, Any]], zs_served: Sequence[float],
@@ -139,8 +133,8 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
     raw = decide(evaluate_groups(cand, holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed)
     if opts["model"] != "proxy":
         ranker.delete_adapter(name)
-    gain, se = _paired(gt, zs_gt)
-    served_gain, served_se = _paired(gt_served, zs_served)
+    gain, se = paired_gain(gt, zs_gt)
+    served_gain, served_se = paired_gain(gt_served, zs_served)
     return {
         "gt_ndcg10": float(np.mean(gt)), "gt_gain": gain, "gt_gain_se": se,
         "gt_served_ndcg10": float(np.mean(gt_served)), "gt_served_gain": served_gain, "gt_served_gain_se": served_se,
@@ -149,6 +143,18 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
         "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
         "train_s": round(res_s, 1), "steps": steps, "best_step": best_step, "residual_scale": scale,
     }
+
+
+def _promoted(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the daemon would serve: the corrected candidate if the fair gate passed it, else zero-shot."""
+    promoted = rows.get("corrected", {})
+    won = bool(promoted.get("fair_gate"))
+    prom_gt = promoted["gt_ndcg10"] if won else rows["zero-shot"]["gt_ndcg10"]
+    return {"learner": "corrected" if won else "zero-shot", "gt_ndcg10": prom_gt,
+            "gt_gain": prom_gt - rows["zero-shot"]["gt_ndcg10"],
+            "gt_gain_se": promoted["gt_gain_se"] if won else 0.0,
+            "gt_served_gain": promoted["gt_served_gain"] if won else 0.0,
+            "gt_served_gain_se": promoted["gt_served_gain_se"] if won else 0.0}
 
 
 def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
@@ -195,9 +201,6 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
         log.info("%s seed %d %s: gt %.4f (zero-shot %.4f) fair gate %s raw gate %s, %.0fs", spec.name, seed, learner,
                  rows[learner]["gt_ndcg10"], rows["zero-shot"]["gt_ndcg10"], rows[learner]["fair_gate"],
                  rows[learner]["raw_gate"], rows[learner]["train_s"])
-    promoted = rows.get("corrected", {})
-    won = bool(promoted.get("fair_gate"))
-    prom_gt = promoted["gt_ndcg10"] if won else rows["zero-shot"]["gt_ndcg10"]
     return {
         "shop": spec.name, "seed": seed, "domain": spec.domain, "policy": spec.policy, "eta": spec.clicks.eta,
         "rule": spec.rule, "n_items": spec.n_items, "page_size": spec.page_size,
@@ -207,11 +210,7 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
                        "true": [round(v / true_curve[0], 4) for v in true_curve[:10]],
                        "max_rel_error_1_10": round(prop_err, 4), "n_clicks": curve.n_clicks},
         "learners": rows,
-        "promoted": {"learner": "corrected" if won else "zero-shot", "gt_ndcg10": prom_gt,
-                     "gt_gain": prom_gt - rows["zero-shot"]["gt_ndcg10"],
-                     "gt_gain_se": promoted["gt_gain_se"] if won else 0.0,
-                     "gt_served_gain": promoted["gt_served_gain"] if won else 0.0,
-                     "gt_served_gain_se": promoted["gt_served_gain_se"] if won else 0.0},
+        "promoted": _promoted(rows),
         "model": opts["model"], "simulate_s": round(sim_s, 1), "total_s": round(time.monotonic() - t0, 1),
     }
 

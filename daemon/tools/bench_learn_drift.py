@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, train_overrides
+from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, paired_gain, train_overrides
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -58,10 +58,9 @@ def _judged(shop: Any, opts: dict[str, Any], models: dict[str, ScoreFn]
             per = {who: np.asarray(judged_ndcg(fn, js), dtype=np.float64) for who, fn in models.items()}
             for who, vals in per.items():
                 out[f"{prefix}{label}_{who}"] = float(vals.mean()) if js else None
-            diffs = per["new_champion"] - per["champion"]
-            out[f"{prefix}{label}_new_vs_old"] = float(diffs.mean()) if js else None
-            out[f"{prefix}{label}_new_vs_old_se"] = (float(diffs.std(ddof=1) / np.sqrt(diffs.size))
-                                                     if diffs.size > 1 else None)
+            gain, se = paired_gain(per["new_champion"], per["champion"]) if js else (None, None)
+            out[f"{prefix}{label}_new_vs_old"] = gain
+            out[f"{prefix}{label}_new_vs_old_se"] = se if len(js) > 1 else None
             out[f"{prefix}{label}_n"] = len(js)
     return out
 

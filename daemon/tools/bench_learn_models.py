@@ -17,11 +17,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchScoring", "ScoreFn", "train_overrides"]
+__all__ = ["BenchScoring", "ScoreFn", "paired_gain", "train_overrides"]
 
 log = logging.getLogger("bench_learn")
 
 ScoreFn = Callable[[str, Sequence[str]], Any]
+
+
+def paired_gain(model: Sequence[float] | np.ndarray, base: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean per-query gain of `model` over `base` (aligned by query) and its standard error (0 for one query)."""
+    diffs = np.asarray(model, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+    return float(diffs.mean()), float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else 0.0
 
 
 def train_overrides(opts: dict[str, Any]) -> dict[str, Any]:

@@ -51,8 +51,8 @@ class ProxyModel:
         import torch
 
         from adapters.dataset import NegativePool
-        from adapters.losses import ips_listwise_terms, ips_weights, listwise_loss
         from adapters.ranking_metrics import evaluate_groups
+        from adapters.training import batch_loss
 
         t0 = time.monotonic()
         rng = random.Random(cfg.seed)
@@ -73,18 +73,8 @@ class ProxyModel:
             rng.shuffle(order)
             for i in range(0, len(order), cfg.groups_per_step):
                 idx = order[i : i + cfg.groups_per_step]
-                if curve is None:
-                    loss = torch.stack([listwise_loss(self.logits(feats[j]), torch.as_tensor(train[j].labels))
-                                        for j in idx]).mean()
-                else:
-                    terms = []
-                    for j in idx:
-                        g = train[j]
-                        w = torch.ones(len(g)) if g.positions is None else ips_weights(g.positions, curve,
-                                                                                        cfg.ips_max_weight)
-                        terms.append(ips_listwise_terms(self.logits(feats[j]), torch.as_tensor(g.labels), w))
-                    loss = torch.stack([n for n, _ in terms]).sum() / torch.stack([t for _, t in terms]).sum().clamp(
-                        min=1e-9)
+                loss = batch_loss([self.logits(feats[j]) for j in idx], [train[j] for j in idx], curve,
+                                  cfg.ips_max_weight)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
