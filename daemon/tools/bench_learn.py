@@ -62,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", type=int, default=48)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="Steps between holdout evaluations (default: the daemon's, TrainConfig.eval_every_steps). "
+                        "Early stopping waits TrainConfig.patience evaluations, as the daemon does.")
     p.add_argument("--ips-max-weight", type=float, default=10.0)
     p.add_argument("--random-negatives", type=int, default=None,
                    help="Off-page negatives per training group (default: the daemon's, TrainConfig.random_negatives).")
@@ -110,7 +112,7 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
     from adapters.training import train
 
     cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"], residual_scale=opts["residual_scale"],
-                      eval_every_steps=opts["eval_every"], max_items_per_group=n_pos, patience=3, min_groups=10,
+                      max_items_per_group=n_pos, min_groups=10,
                       max_seconds=1800, seed=seed, debias="ips" if learner == "corrected" else "none",
                       ips_max_weight=opts["ips_max_weight"], **train_overrides(opts))
     used_curve = curve.values if learner == "corrected" else None

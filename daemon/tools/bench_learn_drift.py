@@ -70,8 +70,8 @@ def _configs(opts: dict[str, Any], seed: int, n_pos: int) -> tuple[Any, Any, Any
     from adapters.config import GateConfig, SplitConfig, TrainConfig
 
     split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.15, replay_ratio=0.5, seed=seed)
-    cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"], eval_every_steps=opts["eval_every"],
-                      max_items_per_group=n_pos, patience=3, min_groups=10, max_seconds=1800, seed=seed,
+    cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"],
+                      max_items_per_group=n_pos, min_groups=10, max_seconds=1800, seed=seed,
                       debias="ips", ips_max_weight=opts["ips_max_weight"], residual_scale=opts["residual_scale"],
                       **train_overrides(opts))
     return GateConfig(), split_cfg, cfg

@@ -31,8 +31,9 @@ def paired_gain(model: Sequence[float] | np.ndarray, base: Sequence[float] | np.
 
 
 def train_overrides(opts: dict[str, Any]) -> dict[str, Any]:
-    """TrainConfig fields the bench's options override; the rest keep the daemon's defaults."""
-    return {} if opts.get("random_negatives") is None else {"random_negatives": opts["random_negatives"]}
+    """TrainConfig fields the bench's options override (when given); the rest keep the daemon's defaults."""
+    given = {"random_negatives": opts.get("random_negatives"), "eval_every_steps": opts.get("eval_every")}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 class BenchScoring:

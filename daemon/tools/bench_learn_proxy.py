@@ -45,7 +45,8 @@ class ProxyModel:
 
     def fit(self, splits: Any, cfg: Any, curve: Sequence[float] | None, epochs: int = 20) -> dict[str, Any]:
         """Adam (lr = cfg.learning_rate) over groups, 8 per step; holdout every `cfg.eval_every_steps` steps
-        (IPS-NDCG with a curve), stop after `cfg.patience` + 2 evaluations without gain, keep the best."""
+        (IPS-NDCG with a curve), stop after `cfg.patience` evaluations without a gain of `cfg.min_delta` (the
+        daemon's rule, `adapters.training.Stop`), keep the best."""
         import random
 
         import torch
@@ -86,7 +87,7 @@ class ProxyModel:
                     best, best_state, best_step, bad = now, snapshot(), step, 0
                 else:
                     bad += 1
-                    if bad >= cfg.patience + 2:
+                    if bad >= cfg.patience:
                         done = True
                         break
             if done:

@@ -75,3 +75,36 @@ def test_bench_learn_drift_reports_both_ground_truths(tmp_path: Path, capsys: py
                 assert r[f"{prefix}{label}_new_vs_old"] == pytest.approx(
                     r[f"{prefix}{label}_new_champion"] - r[f"{prefix}{label}_champion"])
                 assert r[f"{prefix}{label}_new_vs_old_se"] >= 0.0
+
+
+def test_the_stand_in_stops_early_by_the_daemons_rule() -> None:
+    """The bench's stand-in learner evaluates and stops as the daemon's training does: every
+    `TrainConfig.eval_every_steps` steps, and after `TrainConfig.patience` evaluations without a gain (a
+    holdout that no model can improve: each page shows one text twice). The bench's options leave both at
+    the daemon's defaults unless given."""
+    from datetime import UTC, datetime
+
+    import numpy as np
+    import torch
+
+    from adapters.config import TrainConfig
+    from adapters.dataset import QueryGroup, Splits
+    from daemon.tools.bench_learn_models import train_overrides
+    from daemon.tools.bench_learn_proxy import ProxyModel
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts]
+        e = torch.as_tensor(np.stack(rows), dtype=torch.float32)
+        return e / e.norm(dim=1, keepdim=True)
+
+    def group(i: int, texts: tuple[str, ...], labels: tuple[int, ...]) -> QueryGroup:
+        return QueryGroup(f"g{i}", f"query {i % 7}", datetime(2026, 1, 1, tzinfo=UTC), tuple(f"i{i}-{k}" for k in
+                          range(len(texts))), texts, labels, tuple(range(len(texts))))
+
+    train = [group(i, (f"item {i}", f"other {i}", f"third {i}"), (0, 1, 0)) for i in range(400)]
+    holdout = [group(1000 + i, (f"same {i}", f"same {i}"), (1, 0)) for i in range(20)]
+    assert "eval_every_steps" not in train_overrides({"eval_every": None, "random_negatives": None})
+    cfg = TrainConfig(**train_overrides({"eval_every": 4}), random_negatives=0, seed=3)
+    assert cfg.eval_every_steps == 4 and cfg.patience == TrainConfig().patience
+    fit = ProxyModel(embed).fit(Splits(train, holdout), cfg, None)
+    assert fit["best_step"] == 0 and fit["steps"] == cfg.patience * cfg.eval_every_steps
