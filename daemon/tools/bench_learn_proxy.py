@@ -53,7 +53,7 @@ class ProxyModel:
 
         from adapters.dataset import NegativePool
         from adapters.ranking_metrics import evaluate_groups
-        from adapters.training import batch_loss
+        from adapters.training import Stop, batch_loss
 
         t0 = time.monotonic()
         rng = random.Random(cfg.seed)
@@ -68,7 +68,8 @@ class ProxyModel:
         def snapshot() -> tuple[Any, Any]:
             return self.a.detach().clone(), self.v.detach().clone()
 
-        best, best_state, best_step, bad, step, done = holdout(), snapshot(), 0, 0, 0, False
+        stop = Stop(cfg, t0, None)  # only its patience rule: the stand-in has no budget or stop request
+        best, best_state, best_step, step = holdout(), snapshot(), 0, 0
         for _ in range(epochs):
             order = list(range(len(feats)))
             rng.shuffle(order)
@@ -83,14 +84,12 @@ class ProxyModel:
                 if step % cfg.eval_every_steps:
                     continue
                 now = holdout()
-                if now > best + cfg.min_delta:
-                    best, best_state, best_step, bad = now, snapshot(), step, 0
-                else:
-                    bad += 1
-                    if bad >= cfg.patience:
-                        done = True
-                        break
-            if done:
+                improved = now > best + cfg.min_delta
+                if improved:
+                    best, best_state, best_step = now, snapshot(), step
+                if stop.after_eval(improved):
+                    break
+            if stop.reason is not None:
                 break
         with torch.no_grad():
             self.a.copy_(best_state[0])

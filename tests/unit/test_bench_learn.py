@@ -82,6 +82,7 @@ def test_the_stand_in_stops_early_by_the_daemons_rule() -> None:
     `TrainConfig.eval_every_steps` steps, and after `TrainConfig.patience` evaluations without a gain (a
     holdout that no model can improve: each page shows one text twice). The bench's options leave both at
     the daemon's defaults unless given."""
+    import zlib
     from datetime import UTC, datetime
 
     import numpy as np
@@ -93,7 +94,7 @@ def test_the_stand_in_stops_early_by_the_daemons_rule() -> None:
     from daemon.tools.bench_learn_proxy import ProxyModel
 
     def embed(texts: list[str]) -> torch.Tensor:
-        rows = [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts]
+        rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=8) for t in texts]
         e = torch.as_tensor(np.stack(rows), dtype=torch.float32)
         return e / e.norm(dim=1, keepdim=True)
 
