@@ -198,8 +198,9 @@ class ScorerSettings(FrozenConfig):
     explore_seed: int | None = Field(None, ge=0, description=(
         "Seed of the exploration RNG (one per process); unset: fresh entropy at start."))
     serving_path: ServingPath = Field(
-        "auto", description="quantized (LoRA on the 4/8-bit base), merged-int8 or merged-fp32 (LoRA merged into a "
-                            "dequantized copy; CPU only), or auto (merged-fp32 on CPU, quantized on CUDA).")
+        "auto", description="quantized (LoRA on the 4/8-bit base), merged-int8, merged-bf16 or merged-fp32 (LoRA "
+                            "merged into a dequantized copy; CPU only), or auto (on CPU merged-bf16 where the CPU "
+                            "has bf16 instructions, else merged-fp32; quantized on CUDA).")
 
 
 class OpsSettings(FrozenConfig):

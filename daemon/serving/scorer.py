@@ -11,10 +11,11 @@ hands the weights to the worker, which between two rounds stages them under a ne
 probes them, activates them and deletes the old adapter (see `adapters.swap`). A refused version
 raises `SwapRefused` in the caller; the worker keeps serving what it served.
 
-On a fast serving path (`fast` given: `scorer.serving_path` merged-int8 / merged-fp32, `adapters.fast`) the
-calling thread also builds and probes the merged model while the worker keeps serving, and the worker only
-replaces its reference between two rounds. Either way `swap_to` returns only after the worker switched, so
-every request submitted after it returns is scored by the new version (read-your-writes for promote).
+On a fast serving path (`fast` given: `scorer.serving_path` merged-int8 / merged-bf16 / merged-fp32,
+`adapters.fast`) the calling thread also builds and probes the merged model while the worker keeps serving,
+and the worker only replaces its reference between two rounds. Either way `swap_to` returns only after the
+worker switched, so every request submitted after it returns is scored by the new version (read-your-writes
+for promote).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class Scorer:
 
     @property
     def serving_path(self) -> str:
-        """`quantized`, or the fast path (`merged-int8`, `merged-fp32`) this scorer runs."""
+        """`quantized`, or the fast path (`merged-int8`, `merged-bf16`, `merged-fp32`) this scorer runs."""
         return self._fast.path if self._fast is not None else "quantized"
 
     # ----- life cycle ------------------------------------------------------------------------------

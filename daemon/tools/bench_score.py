@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--swaps", type=int, default=6, help="Promotes during the swap phase (default 6).")
     p.add_argument("--swap-interval", type=float, default=2.0, help="Seconds between two promotes (default 2).")
     p.add_argument("--seed", type=int, default=3, help="Payload seed.")
-    p.add_argument("--serving-paths", default="quantized,merged-int8,merged-fp32",
-                   help="Serving paths to run, back to back, comma-separated (default: all three).")
+    p.add_argument("--serving-paths", default="quantized,merged-int8,merged-bf16,merged-fp32",
+                   help="Serving paths to run, back to back, comma-separated (default: all four).")
     p.add_argument("--ndcg-queries", type=int, default=40,
                    help="Simulator queries per phase for NDCG@10 (0: skip; default 40, 30 items each).")
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from adapters.config import ModelSpec, default_base_model
 from adapters.errors import SwapRefused
-from adapters.fast import FastBase, FastPathUnavailable, PairEncoder, resolve_serving_path
+from adapters.fast import FastBase, FastPathUnavailable, PairEncoder, cpu_has_native_bf16, resolve_serving_path
 from daemon.serving.control import registered_loader
 from daemon.serving.scorer import Scorer
 from daemon.tools.serving_quality import judgements, per_query_ndcg
@@ -40,7 +40,7 @@ def nf4(load_ranker: Callable[..., Any]) -> Iterator[tuple[Any, dict[str, torch.
 
 @pytest.fixture(scope="module")
 def fast_bases(nf4: Any) -> dict[str, FastBase]:
-    return {path: FastBase(nf4[0], SPEC, path, batch_size=16) for path in ("merged-fp32", "merged-int8")}
+    return {path: FastBase(nf4[0], SPEC, path, batch_size=16) for path in ("merged-fp32", "merged-bf16", "merged-int8")}
 
 
 def test_pair_encoder_equals_the_tokenizer_and_caches_texts(nf4: Any) -> None:
@@ -79,14 +79,28 @@ def test_merged_int8_keeps_the_scores_close(nf4: Any, fast_bases: dict[str, Fast
     assert np.argsort(-got).tolist() == np.argsort(-ref).tolist()
 
 
+def test_merged_bf16_keeps_the_scores_closer_than_int8(nf4: Any, fast_bases: dict[str, FastBase]) -> None:
+    ranker, state, cfg = nf4
+    ref = ranker.score_pairs(PAIRS)
+    err = {path: np.abs(fast_bases[path].build("v0001", state, cfg).score_pairs(PAIRS) - ref).max()
+           for path in ("merged-bf16", "merged-int8")}
+    assert err["merged-bf16"] < 0.01 * (ref.max() - ref.min())  # within 1% of the scores' spread
+    assert err["merged-bf16"] < err["merged-int8"], err
+    model = fast_bases["merged-bf16"].build("v0001", state, cfg).model
+    assert model is not None
+    linear = [m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and set(linear) == {torch.bfloat16}  # served in bf16; the template keeps fp32
+    assert {p.dtype for p in fast_bases["merged-bf16"].template.parameters()} == {torch.float32}
+
+
 @pytest.mark.slow
 def test_fast_paths_keep_ndcg_on_the_simulator_ground_truth(nf4: Any, fast_bases: dict[str, FastBase]) -> None:
     ranker, state, cfg = nf4
     judged = judgements(n_queries=15, candidates=20)
     ref = per_query_ndcg(ranker.score_pairs, judged)
-    # the default (merged-fp32) keeps NDCG@10 within 0.002 of the nf4 path; dynamic int8 moves this adapter's
-    # (a strong random one) by about 0.02, which is why it is not the default
-    for path, tolerance in (("merged-fp32", 0.002), ("merged-int8", 0.05)):
+    # the defaults (merged-bf16 with native bf16, else merged-fp32) keep NDCG@10 within 0.002 of the nf4 path;
+    # dynamic int8 moves this adapter's (a strong random one) by about 0.02, which is why it is not a default
+    for path, tolerance in (("merged-fp32", 0.002), ("merged-bf16", 0.002), ("merged-int8", 0.05)):
         got = per_query_ndcg(fast_bases[path].build("v0001", state, cfg).score_pairs, judged)
         assert abs(got.mean() - ref.mean()) <= tolerance, (path, got.mean(), ref.mean())
 
@@ -104,11 +118,23 @@ def test_broken_version_is_refused_by_its_probe(nf4: Any, fast_bases: dict[str, 
 
 
 def test_serving_path_resolution() -> None:
-    assert resolve_serving_path("auto", torch.device("cpu")) == "merged-fp32"
-    assert resolve_serving_path("auto", torch.device("cuda:0")) == "quantized"
+    assert resolve_serving_path("auto", torch.device("cpu"), native_bf16=False) == "merged-fp32"
+    assert resolve_serving_path("auto", torch.device("cpu"), native_bf16=True) == "merged-bf16"
+    assert resolve_serving_path("auto", torch.device("cpu")) in {"merged-fp32", "merged-bf16"}
+    assert resolve_serving_path("auto", torch.device("cuda:0"), native_bf16=True) == "quantized"
     assert resolve_serving_path("merged-fp32", torch.device("cpu")) == "merged-fp32"
     with pytest.raises(FastPathUnavailable):
         resolve_serving_path("merged-int8", torch.device("cuda:0"))
+    with pytest.raises(FastPathUnavailable):
+        resolve_serving_path("merged-bf16", torch.device("cuda:0"))
+
+
+def test_native_bf16_is_read_from_the_cpu_flags() -> None:
+    zen4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n"
+    sapphire = "flags\t\t: fpu avx512f amx_bf16 amx_tile\n"
+    skylake = "flags\t\t: fpu avx2 avx512f avx512bw avx512_vnni\nbugs\t\t: avx512_bf16\n"  # a flag elsewhere
+    assert cpu_has_native_bf16(zen4) and cpu_has_native_bf16(sapphire)
+    assert not cpu_has_native_bf16(skylake) and not cpu_has_native_bf16("no flags line\n")
 
 
 def test_scorer_on_the_fast_path_swaps_between_rounds(
