@@ -100,11 +100,13 @@ def stop_replicas(replicas: list[Replica]) -> None:
 
 @dataclass
 class ScoreProbe:
-    """Scores on every replica every `interval` s in a thread; counts outcomes (HTTP status or error name)."""
+    """Scores on every replica every `interval` s in a thread; counts outcomes (HTTP status or error name)
+    and, of the 200s, the adapter version that answered."""
 
     replicas: list[Replica]
     interval: float = 0.5
     outcomes: Counter[str] = field(default_factory=Counter)
+    versions: Counter[str] = field(default_factory=Counter)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -112,9 +114,13 @@ class ScoreProbe:
         while not self._stop.is_set():
             for r in self.replicas:
                 try:
-                    self.outcomes[str(r.score(timeout=5).status_code)] += 1
+                    resp = r.score(timeout=5)
                 except httpx.HTTPError as exc:
                     self.outcomes[type(exc).__name__] += 1
+                    continue
+                self.outcomes[str(resp.status_code)] += 1
+                if resp.status_code == 200:
+                    self.versions[str(resp.json()["adapter_version"])] += 1
             self._stop.wait(self.interval)
 
     def __enter__(self) -> ScoreProbe:

@@ -33,7 +33,8 @@ from storage import registry
 from storage.db import make_engine, session_scope
 from storage.models import TrainingRun
 from tests.faults import train_targets
-from tests.faults.conftest import SMALL, ProxiedPostgres
+from tests.faults.conftest import SMALL, ProxiedBroker, ProxiedPostgres
+from tests.faults.serve import ScoreProbe, start_replicas, stop_replicas
 from tests.fixtures.ingest import wait_until
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.training import store_records
@@ -41,8 +42,8 @@ from tests.fixtures.training import store_records
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.integration, pytest.mark.postgres,
               pytest.mark.timeout(900)]
 
-# the issue asks for 30 s; RANKTUNE_TEST_CUT_S sets it (the default keeps the suite inside its time budget)
-CUT_S = float(os.environ.get("RANKTUNE_TEST_CUT_S", "10"))
+# the 30 s cuts of issue #14; RANKTUNE_TEST_CUT_S shortens them for a quick local run
+CUT_S = float(os.environ.get("RANKTUNE_TEST_CUT_S", "30"))
 TRAINING_STARTS_S = 300.0  # model and data loading in the child, on a busy 2-core machine
 RUN_ENDS_S = 600.0
 
@@ -146,9 +147,31 @@ def _artifact_written(root: Path, champ: Champion) -> Callable[[], bool]:
 
 def test_a_database_cut_while_training_finishes_or_fails_cleanly_and_the_champion_stays(
     cut_db: ProxiedPostgres, champion: Champion, parent_engine: Engine, training_settings: Callable[..., Settings],
+    proxied_broker: ProxiedBroker, tmp_path: Path,
 ) -> None:
+    """Also serving: a `ranktune serve` replica on the same proxied database answers every probe during the
+    cut, with the champion (scoring needs no database)."""
     settings = training_settings(cut_db.url, **SMALL)
-    outcome = _cut_run(settings, parent_engine, cut_db, lambda: threading.Event().wait(CUT_S))
+    (replica,) = start_replicas(1, tmp_path, database_url=cut_db.url, bootstrap=proxied_broker.bootstrap,
+                                artifacts_dir=settings.storage.artifacts_dir)
+    probes: list[ScoreProbe] = []
+
+    def hold() -> None:
+        with ScoreProbe([replica]) as probe:
+            threading.Event().wait(CUT_S)
+        probes.append(probe)
+
+    try:
+        assert wait_until(lambda: replica.served() == champion.version, 60, "the replica to serve the champion")
+        outcome = _cut_run(settings, parent_engine, cut_db, hold)
+        assert replica.proc.poll() is None, replica.log()[-3000:]
+    finally:
+        stop_replicas([replica])
+    (probe,) = probes
+    print(f"serving probes during the {CUT_S:.0f} s cut: {dict(probe.outcomes)} {dict(probe.versions)}")
+    assert set(probe.outcomes) == {"200"}, probe.outcomes  # /v1/score kept answering through the cut
+    assert sum(probe.outcomes.values()) >= CUT_S  # ~2 probes per second
+    assert set(probe.versions) == {champion.version}  # with the champion, all along
     _assert_clean(cut_db, settings, outcome, champion)
     _assert_next_run_succeeds(settings, parent_engine, cut_db, champion)
 
