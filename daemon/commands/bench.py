@@ -1,4 +1,4 @@
-"""`ranktune bench ingest|train|score|learn|parse`: benchmarks with JSON results (speed targets live here).
+"""`ranktune bench ingest|train|score|learn|parse|propensity`: benchmarks with JSON results (speed targets live here).
 
 Each benchmark is a module `daemon.tools.bench_<name>` with `add_arguments(parser)` and
 `run(args, settings) -> dict`; the result is printed as JSON and, with --out, written to a file.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from daemon.settings import Settings
 
-BENCHMARKS = ("ingest", "train", "score", "learn", "parse")
+BENCHMARKS = ("ingest", "train", "score", "learn", "parse", "propensity")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
