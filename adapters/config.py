@@ -22,8 +22,9 @@ ResidualScale = Literal["fixed", "learn"]
 RegressionSample = Literal["spread", "oldest"]
 ServingPath = Literal["auto", "quantized", "merged-int8", "merged-bf16", "merged-fp32"]
 """How a scorer runs a version: `quantized` = the training base with the LoRA on top (bitsandbytes);
-`merged-*` = LoRA merged into a dequantized fp32 copy, then dynamic int8 or left fp32 (CPU only, adapters.fast);
-`auto` = merged-fp32 on CPU, quantized on CUDA."""
+`merged-*` = LoRA merged into a dequantized fp32 copy, then dynamic int8, bf16 matrix products under autocast, or
+left fp32 (CPU only, adapters.fast); `auto` = merged-bf16 on a CPU with bf16 instructions, else merged-fp32;
+quantized on CUDA."""
 
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 DEVICES: tuple[str, ...] = get_args(DevicePref)

@@ -1,10 +1,10 @@
 """The CPU serving fast path: one version's LoRA merged into a dequantized copy of the base, then made fast.
 
 Training keeps the 4/8-bit frozen base (`adapters.ranker`). For serving on CPU, dequantizing those very
-weights to fp32 (so the served model is the trained one, not a fresh fp32 download), merging the LoRA into
-them and, for `merged-bf16`, its `nn.Linear` weights to bf16, run under autocast (for `merged-int8`, quantizing every
-`nn.Linear` with PyTorch's dynamic int8) runs the same ranking several times faster than bitsandbytes,
-which dequantizes its weights in every forward.
+weights to fp32 (so the served model is the trained one, not a fresh fp32 download) and merging the LoRA
+into them runs the same ranking several times faster than bitsandbytes, which dequantizes its weights in
+every forward. `merged-bf16` then runs the encoder's matrix products in bf16 (autocast), `merged-int8`
+quantizes every `nn.Linear` with PyTorch's dynamic int8.
 
 `FastBase` is built once per scorer (the dequantized template, the bare encoder for zero-shot embeddings,
 the caches); `FastBase.build(version, ...)` makes one `FastModel` per version, off the request path (the
@@ -23,7 +23,7 @@ import logging
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ import torch
 from peft import get_peft_model
 from peft.utils import set_peft_model_state_dict
 
-from adapters.base import dequantized_weights, load_base
+from adapters.base import HEAD_MODULE_NAMES, dequantized_weights, load_base
 from adapters.config import SERVING_PATHS, ModelSpec, ServingPath
 from adapters.errors import AdapterError, SwapRefused
 from adapters.ranker import Ranker, config_from_dict
@@ -46,10 +46,10 @@ FAST_PATHS = ("merged-int8", "merged-bf16", "merged-fp32")
 CPU_AUTO_PATHS = {True: "merged-bf16", False: "merged-fp32"}
 """What `auto` means on CPU, by whether the CPU computes bf16 natively (`cpu_has_native_bf16`), chosen by
 `ranktune bench score` (README, "CPU serving paths"). merged-fp32 scores equal the nf4 path's (within 1e-6,
-so NDCG is unchanged); merged-bf16 runs 1.5-2 times as fast where the CPU has bf16 instructions and kept
-NDCG@10 within 0.001 of nf4 on strong random adapters, where merged-int8 moved it by up to 0.009 (0.02 in
-the unit test), so int8 stays opt-in. Without native bf16 the bf16 kernels are emulated: fp32 is the default."""
-_NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+so NDCG is unchanged); merged-bf16 ran 1.95 times as fast here, with NDCG@10 within 0.002 of nf4 on a
+strong random adapter (unit test) where merged-int8 moved it by about 0.02, so int8 stays opt-in. Without
+native bf16 the bf16 products are emulated: fp32 is the default there."""
+_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 BASE = "base"
 _CACHE_SIZE = 50_000
 _PEFT_PREFIX = "base_model.model."
@@ -61,20 +61,16 @@ class FastPathUnavailable(AdapterError, RuntimeError):
     """The fast path cannot serve this model (not on CPU, or no such path)."""
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has bf16 instructions (x86 `avx512_bf16` or `amx_bf16`), read from /proc/cpuinfo's
-    flags (or from `cpuinfo`'s text). False where that cannot be read (other systems): fp32 then."""
-    if cpuinfo is None:
+def cpu_has_native_bf16(capabilities: Mapping[str, Any] | None = None) -> bool:
+    """Whether this CPU has bf16 instructions: x86 `avx512_bf16` or `amx_bf16`, ARM `bf16` or `sve_bf16`, as
+    PyTorch's own CPU probe reports them (`torch.cpu.get_capabilities()`, or the `capabilities` given)."""
+    caps = capabilities
+    if caps is None:
         try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
+            caps = torch.cpu.get_capabilities()
+        except (AttributeError, RuntimeError):  # a torch without the probe: fp32
             return False
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return bool(_NATIVE_BF16_FLAGS & set(value.split()))
-    return False
+    return any(bool(caps.get(flag)) for flag in _NATIVE_BF16_FLAGS)
 
 
 def resolve_serving_path(path: ServingPath | str, device: torch.device, *, native_bf16: bool | None = None) -> str:
@@ -86,6 +82,10 @@ def resolve_serving_path(path: ServingPath | str, device: torch.device, *, nativ
         if device.type != "cpu":
             return "quantized"
         return CPU_AUTO_PATHS[cpu_has_native_bf16() if native_bf16 is None else native_bf16]
+    if path == "merged-bf16" and device.type == "cpu" and not (cpu_has_native_bf16() if native_bf16 is None
+                                                               else native_bf16):
+        log.warning("serving path merged-bf16 on a CPU without bf16 instructions: its bf16 products are "
+                    "emulated and may be slower than merged-fp32 (auto would choose merged-fp32 here)")
     if path in FAST_PATHS and device.type != "cpu":
         raise FastPathUnavailable(f"serving path {path} runs on CPU only; this model is on {device} "
                                   "(use quantized or auto)")
@@ -208,11 +208,16 @@ class FastBase:
         """Make a merged fp32 module fast for this path (bf16, dynamic int8 Linear, or as is), in eval mode."""
         module.eval().requires_grad_(False)
         if self.path == "merged-bf16":
-            for layer in module.modules():  # new tensors: a merged copy shares unchanged ones with the template
-                if isinstance(layer, torch.nn.Linear):
-                    for name, param in list(layer.named_parameters(recurse=False)):
-                        setattr(layer, name, torch.nn.Parameter(param.detach().to(torch.bfloat16),
-                                                                requires_grad=False))
+            head = {name for name, _ in module.named_modules() if name.split(".")[-1] in HEAD_MODULE_NAMES}
+            for name, layer in list(module.named_modules()):
+                if name in head:  # the head stays fp32, outside autocast: scores keep fp32 resolution
+                    parent, _, attr = name.rpartition(".")
+                    setattr(module.get_submodule(parent) if parent else module, attr, _Fp32(layer))
+                elif isinstance(layer, torch.nn.Linear) and not any(name.startswith(h + ".") for h in head):
+                    # new tensors: a merged copy shares its unchanged ones with the template
+                    for pname, param in list(layer.named_parameters(recurse=False)):
+                        setattr(layer, pname, torch.nn.Parameter(param.detach().to(torch.bfloat16),
+                                                                 requires_grad=False))
             module = Bf16Autocast(module)
         elif self.path == "merged-int8":
             with warnings.catch_warnings():
@@ -333,9 +338,10 @@ class FastBase:
 
 
 class Bf16Autocast(torch.nn.Module):
-    """A model whose `nn.Linear` weights are bf16, run under CPU autocast: the matrix products in bf16, while
-    embeddings, LayerNorm and the residual stream stay fp32. Against the whole model cast to bf16 (as fast
-    here), this halved the NDCG@10 change on strong random adapters (at most 0.001 against 0.0023)."""
+    """A model whose encoder `nn.Linear` weights are bf16, run under CPU autocast: the matrix products in
+    bf16, while embeddings, LayerNorm, the residual stream and the head (`_Fp32`) stay fp32. Against the
+    whole model cast to bf16 (as fast here), this halved the NDCG@10 change on strong random adapters (at
+    most 0.001 against 0.0023 on 30 judged queries)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -344,6 +350,20 @@ class Bf16Autocast(torch.nn.Module):
     def forward(self, **inputs: torch.Tensor) -> Any:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return self.model(**inputs)
+
+
+class _Fp32(torch.nn.Module):
+    """A head module run in fp32 with autocast off (its input cast up), so that scores are not rounded to
+    bf16's 8-bit mantissa (steps of 0.008 near 1 would tie items of a 50-item ranking)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        up = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        with torch.autocast("cpu", enabled=False):
+            return self.module(*up, **kwargs)
 
 
 @dataclass(frozen=True)

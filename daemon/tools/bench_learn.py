@@ -273,9 +273,9 @@ def _specs(args: argparse.Namespace) -> list[Any]:
     """The family's shops that `--shops` names, with the `--eta`, `--policy` and `--explore-rate` overrides."""
     from dataclasses import replace
 
-    from daemon.tools.shops import FAMILY, family_spec
+    from daemon.tools.shop_specs import family_specs
 
-    specs = list(FAMILY) if args.shops == "all" else [family_spec(s.strip()) for s in args.shops.split(",")]
+    specs = family_specs(args.shops)
     changed = []
     for s in specs:
         ch: dict[str, Any] = {}

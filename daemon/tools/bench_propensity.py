@@ -21,7 +21,7 @@ import numpy as np
 from adapters.dataset import build_groups
 from adapters.propensity import estimate_randomized, max_relative_error
 from daemon.settings import Settings
-from daemon.tools.shop_specs import FAMILY, ShopSpec, family_spec
+from daemon.tools.shop_specs import ShopSpec, family_specs, with_policy
 from daemon.tools.shops import FamilyShop
 
 _POSITIONS = 10
@@ -38,7 +38,7 @@ def explored_spec(spec: ShopSpec, noise: float | None = None) -> ShopSpec:
     """`spec` with every page explored, a model-free order, and optionally another click noise."""
     clicks = spec.clicks if noise is None else replace(spec.clicks, noise=noise)
     policy = "lexical" if spec.policy == "closed" else spec.policy
-    return replace(spec, explore_rate=1.0, policy=policy, clicks=clicks)
+    return with_policy(spec, explore_rate=1.0, policy=policy, clicks=clicks)
 
 
 def propensity_error(spec: ShopSpec, seed: int, pages: int) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def propensity_error(spec: ShopSpec, seed: int, pages: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     del settings  # simulated shops only
-    specs = list(FAMILY) if args.shops == "all" else [family_spec(s.strip()) for s in args.shops.split(",")]
+    specs = family_specs(args.shops)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     rows = []
     for spec in specs:

@@ -235,8 +235,14 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             r["ndcg10_delta_vs_quantized"] = round(r["ndcg10"] - ref["ndcg10"], 5)
             r["speedup_vs_quantized"] = round(r["saturation"]["rps"] / ref["saturation"]["rps"], 2)
         r.pop("ndcg10_per_query")
+    import torch
+
+    from adapters.fast import cpu_has_native_bf16, resolve_serving_path
+
     return {"config": {"items": args.items, "duration_s": args.duration, "device": settings.model.device,
                        "quantization": settings.model.quantization, "max_seq_len": s.model.max_seq_len,
                        "scorer_max_batch": s.scorer.max_batch, "scorer_max_wait_ms": s.scorer.max_wait_ms,
-                       "ndcg_queries": len(judged), "order": paths},
+                       "ndcg_queries": len(judged), "order": paths,
+                       "cpu_native_bf16": cpu_has_native_bf16(),
+                       "auto_on_cpu": resolve_serving_path("auto", torch.device("cpu"))},
             "paths": out}

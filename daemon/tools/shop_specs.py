@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from daemon.tools.shop_domains import DOMAINS
 
-__all__ = ["FAMILY", "ClickModel", "Policy", "Rule", "ShopSpec", "family_spec", "with_policy"]
+__all__ = ["FAMILY", "ClickModel", "Policy", "Rule", "ShopSpec", "family_spec", "family_specs", "with_policy"]
 
 Policy = Literal["random", "lexical", "closed"]
 Rule = Literal["attributes", "brand_pref", "strict"]
@@ -80,6 +80,11 @@ def family_spec(name: str) -> ShopSpec:
         if s.name == name:
             return s
     raise KeyError(f"no shop {name!r} in the family; known: {[s.name for s in FAMILY]}")
+
+
+def family_specs(names: str) -> list[ShopSpec]:
+    """The shops a `--shops` option names: `all`, or names separated by commas."""
+    return list(FAMILY) if names == "all" else [family_spec(s.strip()) for s in names.split(",") if s.strip()]
 
 
 def with_policy(spec: ShopSpec, **changes: Any) -> ShopSpec:

@@ -78,11 +78,15 @@ def start_replicas(n: int, tmp: Path, **env_kw: Any) -> list[Replica]:
                                     env=serve_env(port=port, **env_kw))
         out.append(Replica(proc, port, log_file))
     deadline = time.monotonic() + 180
-    for r in out:
-        while not r.ready():
-            assert r.proc.poll() is None, r.log()[-3000:]
-            assert time.monotonic() < deadline, f"replica {r.url} not ready: {r.log()[-3000:]}"
-            time.sleep(0.3)
+    try:
+        for r in out:
+            while not r.ready():
+                assert r.proc.poll() is None, r.log()[-3000:]
+                assert time.monotonic() < deadline, f"replica {r.url} not ready: {r.log()[-3000:]}"
+                time.sleep(0.3)
+    except BaseException:
+        stop_replicas(out)  # none left running behind a failed start
+        raise
     return out
 
 
@@ -118,9 +122,14 @@ class ScoreProbe:
                 except httpx.HTTPError as exc:
                     self.outcomes[type(exc).__name__] += 1
                     continue
+                try:
+                    version = str(resp.json()["adapter_version"]) if resp.status_code == 200 else None
+                except (ValueError, KeyError, TypeError):
+                    self.outcomes["200 without a version"] += 1  # counted, never a dead probe thread
+                    continue
                 self.outcomes[str(resp.status_code)] += 1
-                if resp.status_code == 200:
-                    self.versions[str(resp.json()["adapter_version"])] += 1
+                if version is not None:
+                    self.versions[version] += 1
             self._stop.wait(self.interval)
 
     def __enter__(self) -> ScoreProbe:

@@ -40,7 +40,7 @@ from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.training import store_records
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.integration, pytest.mark.postgres,
-              pytest.mark.timeout(900)]
+              pytest.mark.broker, pytest.mark.timeout(900)]  # broker: the serve replica of the first test
 
 # the 30 s cuts of issue #14; RANKTUNE_TEST_CUT_S shortens them for a quick local run
 CUT_S = float(os.environ.get("RANKTUNE_TEST_CUT_S", "30"))
@@ -153,7 +153,7 @@ def test_a_database_cut_while_training_finishes_or_fails_cleanly_and_the_champio
     cut, with the champion (scoring needs no database)."""
     settings = training_settings(cut_db.url, **SMALL)
     (replica,) = start_replicas(1, tmp_path, database_url=cut_db.url, bootstrap=proxied_broker.bootstrap,
-                                artifacts_dir=settings.storage.artifacts_dir)
+                                artifacts_dir=settings.storage.artifacts_dir)  # stops it if it fails to start
     probes: list[ScoreProbe] = []
 
     def hold() -> None:
