@@ -152,10 +152,13 @@ def test_drift_triggers_a_retrain_that_serves_better_rankings(daemon, traffic):
     ndcg_after, served = _ndcg(app.serve.url, post_queries)
     assert served == {champion}
     # judged on ground truth the gate never saw: the simulator's hidden grades for unseen post-drift queries
+    prop = (run.metrics or {}).get("propensity") or {}
     print(f"post-drift NDCG@10 (ground truth) {ndcg_before:.4f} -> {ndcg_after:.4f}; gate "
           f"{'passed' if gate['passed'] else 'refused'}: gain {gate['ndcg_gain']:+.4f}, "
           f"{gate['bootstrap_p_gain']:.1%} of resamples, smallest detectable gain {gate['min_detectable_gain']:.4f}; "
-          f"run {run.seconds:.0f}s, best step {run.best_step}/{run.steps}")
+          f"run {run.seconds:.0f}s, best step {run.best_step}/{run.steps}, {run.n_train} training and "
+          f"{run.n_holdout} holdout pages, position bias {prop.get('method')} "
+          f"{[round(v, 2) for v in prop.get('estimated', [])[:4]]}")
     assert ndcg_after > ndcg_before, (ndcg_before, ndcg_after)
 
 
