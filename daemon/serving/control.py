@@ -251,16 +251,18 @@ class Reconciler:
 
 # --- listening -----------------------------------------------------------------------------------
 class _Assigned(ConsumerRebalanceListener):
-    """Runs on kafka-python's IO thread: only flips an event."""
+    """Runs inside kafka-python's poll: only flips events. `assigned` is set by the listener's loop once the
+    new partitions' positions are fixed (see `ControlListener._fix_positions`)."""
 
-    def __init__(self, event: threading.Event) -> None:
-        self._event = event
+    def __init__(self, pending: threading.Event, assigned: threading.Event) -> None:
+        self._pending, self._assigned = pending, assigned
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        self._event.clear()
+        self._pending.clear()
+        self._assigned.clear()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        self._event.set()
+        self._pending.set()
 
 
 def replica_id() -> str:
@@ -282,6 +284,7 @@ class ControlListener:
         self.group_id = group_id or f"{settings.kafka.group}.control.{replica_id()}"
         self._stop = threading.Event()
         self._assigned = threading.Event()
+        self._pending = threading.Event()  # partitions assigned, positions not yet fixed
         self._thread: threading.Thread | None = None
         self.heartbeat = Heartbeat("control")  # beats every poll and every connect attempt
 
@@ -302,8 +305,20 @@ class ControlListener:
         return "listening" if self._assigned.is_set() else "connecting"
 
     def wait_assigned(self, timeout_s: float) -> bool:
-        """True once the group has given this listener the topic's partitions."""
+        """True once the group has given this listener the topic's partitions and their positions are fixed:
+        every notice produced from then on is read."""
         return self._assigned.wait(timeout_s)
+
+    def _fix_positions(self, consumer: KafkaConsumer) -> None:
+        """Resolve the `latest` position of every assigned partition now. kafka-python looks it up lazily, at
+        the first fetch of each partition, so a notice produced between the assignment and that lookup was
+        skipped (seen in the poison-pill test: the notice behind the pills never arrived)."""
+        if not self._pending.is_set() or self._assigned.is_set():
+            return
+        for tp in consumer.assignment():
+            consumer.position(tp)
+        self._pending.clear()
+        self._assigned.set()
 
     def _run(self) -> None:
         s = self._settings
@@ -325,17 +340,19 @@ class ControlListener:
                 continue
             delay = 0.5
             try:
-                consumer.subscribe([s.kafka.control_topic], listener=_Assigned(self._assigned))
+                consumer.subscribe([s.kafka.control_topic], listener=_Assigned(self._pending, self._assigned))
                 log.info("control listener on %s, group %s", s.kafka.control_topic, self.group_id)
                 while not self._stop.is_set():
                     self.heartbeat.beat()
                     for records in consumer.poll(timeout_ms=s.kafka.poll_timeout_ms).values():
                         for rec in records:
                             self._handle(rec.topic, rec.partition, rec.offset, rec.value)
+                    self._fix_positions(consumer)
             except KafkaError as exc:
                 log.warning("control listener error (%s); reconnecting", exc)
             finally:
                 self._assigned.clear()
+                self._pending.clear()
                 try:
                     consumer.close(autocommit=False)
                 except Exception:
