@@ -78,12 +78,12 @@ def resolve_serving_path(path: ServingPath | str, device: torch.device, *, nativ
     and merged-fp32 elsewhere; `quantized` off CPU. A merged path off CPU is FastPathUnavailable."""
     if path not in SERVING_PATHS:
         raise FastPathUnavailable(f"unknown serving path {path!r} (expected one of {SERVING_PATHS})")
+    on_cpu = device.type == "cpu"
+    native = on_cpu and path in ("auto", "merged-bf16") and (
+        cpu_has_native_bf16() if native_bf16 is None else native_bf16)
     if path == "auto":
-        if device.type != "cpu":
-            return "quantized"
-        return CPU_AUTO_PATHS[cpu_has_native_bf16() if native_bf16 is None else native_bf16]
-    if path == "merged-bf16" and device.type == "cpu" and not (cpu_has_native_bf16() if native_bf16 is None
-                                                               else native_bf16):
+        return CPU_AUTO_PATHS[native] if on_cpu else "quantized"
+    if path == "merged-bf16" and on_cpu and not native:
         log.warning("serving path merged-bf16 on a CPU without bf16 instructions: its bf16 products are "
                     "emulated and may be slower than merged-fp32 (auto would choose merged-fp32 here)")
     if path in FAST_PATHS and device.type != "cpu":
