@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NamedTuple
 
+import msgspec
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -154,25 +155,39 @@ class CatalogIn(_StrictEvent):
     ts: Timestamp
 
 
-class _FeedbackFast(_StrictEvent):
-    """`FeedbackIn` without its NUL checks (Python callbacks, half the validation time), for values
-    whose bytes cannot hold a NUL: JSON writes one only as the escape `\\u0000`, so a value without
-    that byte sequence is accepted by this model exactly when `FeedbackIn` accepts it. Any value that
-    fails here is validated again by `FeedbackIn`, which gives the rejection (same reasons, same
-    messages). tests/unit/test_events.py keeps the two models' fields in step."""
+_WireId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_WirePersonal = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_WireCount = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
 
-    event_id: Annotated[str, Field(min_length=1, max_length=128)]
-    ts: Timestamp
-    query: Annotated[str, Field(min_length=1, max_length=512)]
-    item_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+class _FeedbackWire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The fast path of `FeedbackIn`: the same fields and limits, decoded and checked by msgspec (C) in one
+    call instead of pydantic plus its Python callbacks (NUL checks, the ISO-string check).
+
+    Only a value that this struct accepts *and* whose `ts` matches `_WIRE_TS` is stored from here; anything
+    else (a reject, a NUL escape, another ISO-8601 spelling of `ts`) is validated again by `FeedbackIn`,
+    which decides and gives the rejection. So the fast path may refuse what `FeedbackIn` accepts, never the
+    reverse, and the rows it builds are `FeedbackIn`'s (tests/unit/test_events.py checks both, field by
+    field and on generated values). `ts` stays a string here: `_fast_feedback` reads it with
+    `datetime.fromisoformat` once the pattern has matched."""
+
+    event_id: _WireId
+    ts: str
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    item_id: _WireId
     action: Action
     item_text: str | None = None
-    position: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
-    request_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    session_id: PersonalId | None = None
-    user_id: PersonalId | None = None
+    position: _WireCount | None = None
+    request_id: _WireId | None = None
+    session_id: _WirePersonal | None = None
+    user_id: _WirePersonal | None = None
     explore: bool | None = None
-    ranked_position: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    ranked_position: _WireCount | None = None
+
+
+# The one `ts` spelling the fast path reads itself: date, 'T', seconds, at most 6 fraction digits, a zone.
+_WIRE_TS = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})\Z", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,11 +250,19 @@ def parse_record(topic: str, partition: int, offset: int, key: bytes | None, val
     `time.time()`; a batch passes one for all its records). `ts` may be at most `max_future_skew_s` ahead
     of `min(timestamp_ms / 1000, now)`; `not_after` (a batch's `future_limit`) is a bound no later than
     that, below which the exact check is skipped."""
-    # The hot path of ingestion (once per record): no per-call closures, the model's compiled
-    # validator called directly, the row built in one dict display.
-    validate: Callable[[bytes], _FeedbackFast | FeedbackIn | CatalogIn]
+    # The hot path of ingestion (once per record): no per-call closures, the validators called directly,
+    # the row built in one dict display.
+    validate: Callable[[bytes], FeedbackIn | CatalogIn]
     if topic == config.feedback_topic:
-        validate = _validate_feedback_fast
+        if value is not None and len(value) <= config.max_message_bytes:
+            fast = _fast_feedback(value)  # UTF-8 and the whole schema checked in C; None: FeedbackIn decides
+            if fast is not None:
+                ts = _checked_ts(fast[1], config, timestamp_ms, now, not_after)
+                if type(ts) is tuple:
+                    return Rejection(topic, partition, offset, key, value, *ts)
+                row = _feedback_row(fast[0], ts, topic, partition, offset, pseudonymize)
+                return Parsed("feedback", row, topic, partition, offset, key, value)
+        validate = _validate_feedback
     elif topic == config.catalog_topic:
         validate = _validate_catalog
     else:
@@ -249,19 +272,15 @@ def parse_record(topic: str, partition: int, offset: int, key: bytes | None, val
     if raw_reason is not None:
         return Rejection(topic, partition, offset, key, value, *raw_reason)
     assert value is not None
-    if validate is _validate_feedback_fast and _NUL_ESCAPE in value:
-        validate = _validate_feedback
+    event: FeedbackIn | CatalogIn
     try:
         event = validate(value)
     except ValidationError as exc:
-        if validate is _validate_feedback_fast:
-            return _feedback_rejection(topic, partition, offset, key, value)
         return Rejection(topic, partition, offset, key, value, *_describe(exc))
     ts = _checked_ts(event.ts, config, timestamp_ms, now, not_after)
     if type(ts) is tuple:
         return Rejection(topic, partition, offset, key, value, *ts)
-    if type(event) is not CatalogIn:
-        assert isinstance(event, _FeedbackFast | FeedbackIn)
+    if not isinstance(event, CatalogIn):
         row = _feedback_row(event, ts, topic, partition, offset, pseudonymize)
         return Parsed("feedback", row, topic, partition, offset, key, value)
     row = {"item_id": event.item_id, "title": event.title, "description": event.description,
@@ -282,7 +301,7 @@ def _raw_rejection(value: bytes | None, max_bytes: int) -> tuple[str, str] | Non
     return None
 
 
-def _feedback_row(event: _FeedbackFast | FeedbackIn, ts: datetime, topic: str, partition: int, offset: int,
+def _feedback_row(event: _FeedbackWire | FeedbackIn, ts: datetime, topic: str, partition: int, offset: int,
                   pseudonymize: Pseudonymizer) -> dict[str, Any]:
     session_id, user_id = event.session_id, event.user_id
     row = {
@@ -335,17 +354,25 @@ def _checked_ts(ts: datetime, config: ParseConfig, timestamp_ms: int | None, now
 # Bytes go in directly: pydantic-core parses the JSON itself, and UTF-8 was checked just before.
 _validate_feedback: Callable[[bytes], FeedbackIn] = FeedbackIn.__pydantic_validator__.validate_json
 _validate_catalog: Callable[[bytes], CatalogIn] = CatalogIn.__pydantic_validator__.validate_json
-_validate_feedback_fast: Callable[[bytes], _FeedbackFast] = _FeedbackFast.__pydantic_validator__.validate_json
 _NUL_ESCAPE = b"\\u0000"  # how JSON spells a NUL character (raw control bytes are invalid JSON)
+_decode_feedback_wire: Callable[[bytes], _FeedbackWire] = msgspec.json.Decoder(_FeedbackWire).decode
 
 
-def _feedback_rejection(topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> Rejection:
-    """The rejection `FeedbackIn` gives a value the fast model refused (the strict model is the reference)."""
+def _fast_feedback(value: bytes) -> tuple[_FeedbackWire, datetime] | None:
+    """The event and its `ts` when the fast path can decide that `FeedbackIn` accepts `value` (see
+    `_FeedbackWire`), else None. A JSON NUL escape always goes to `FeedbackIn`, which refuses NUL."""
+    if _NUL_ESCAPE in value:
+        return None
     try:
-        _validate_feedback(value)
-    except ValidationError as exc:
-        return Rejection(topic, partition, offset, key, value, *_describe(exc))
-    raise AssertionError(f"{topic}[{partition}]@{offset}: the fast feedback model refused what FeedbackIn accepts")
+        event = _decode_feedback_wire(value)
+    except msgspec.MsgspecError:
+        return None
+    if _WIRE_TS.match(event.ts) is None:
+        return None
+    try:
+        return event, datetime.fromisoformat(event.ts)
+    except ValueError:  # e.g. February 30th: FeedbackIn gives the rejection
+        return None
 
 
 def _describe(exc: ValidationError) -> tuple[str, str]:

@@ -10,6 +10,12 @@ join is not counted.
 
 kafka-python checks each record batch's CRC-32C, in pure Python unless the `crc32c` package is
 installed; that check is most of the raw rate's cost, so `kafka_crc32c` says which one ran.
+
+Both rates leave out the first batch, the same way: raw from the return of the first `poll()` that
+brought records, ranktune from the commit of its first batch, each counting only the records after that
+batch. (Until stop 23 the raw rate counted the first batch's records without its time, and ranktune's
+window began after its first batch was parsed but before it was written: the ratio was biased by about
+one batch in N, against ranktune.)
 """
 
 from __future__ import annotations
@@ -59,24 +65,30 @@ class _TimedStats(IngestStats):
     def __init__(self, total: int) -> None:
         super().__init__()
         self.total = total
-        self.first_at: float | None = None
+        self.first_at: float | None = None  # the first batch's commit
+        self.first_records = 0  # records of that batch, not counted in the rate
         self.done_at: float | None = None
         self.done = threading.Event()
 
     def add(self, **deltas: int) -> None:
         super().add(**deltas)
         now = time.perf_counter()
-        if self.first_at is None and deltas.get("consumed"):
-            self.first_at = now
         if deltas.get("batches"):
             s = self.snapshot()
-            if s["stored"] + s["duplicates"] + s["dead_lettered"] + s["deadletter_failed"] >= self.total:
+            finished = s["stored"] + s["duplicates"] + s["dead_lettered"] + s["deadletter_failed"]
+            if self.first_at is None:
+                self.first_at, self.first_records = now, finished
+            if finished >= self.total:
                 self.done_at = now
                 self.done.set()
 
 
 def _rate(total: int, seconds: float) -> dict[str, float]:
     return {"seconds": round(seconds, 3), "events_per_s": round(total / seconds, 1) if seconds > 0 else 0.0}
+
+
+def _after_first(counted: int, seconds: float, first_batch: int) -> dict[str, float]:
+    return {**_rate(counted, seconds), "records_timed": counted, "first_batch_records": first_batch}
 
 
 def _raw(settings: Settings, total: int) -> dict[str, float]:
@@ -90,19 +102,21 @@ def _raw(settings: Settings, total: int) -> dict[str, float]:
         max_poll_records=settings.kafka.poll_max_records,
     )
     try:
-        seen, first, last = 0, None, 0.0
+        seen, first, first_batch, last = 0, None, 0, 0.0
         deadline = time.monotonic() + TIMEOUT_S
         while seen < total and time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=settings.kafka.poll_timeout_ms)
             if batch:
                 last = time.perf_counter()
-                first = last if first is None else first
                 seen += sum(len(recs) for recs in batch.values())
+                if first is None:
+                    first, first_batch = last, seen
     finally:
         consumer.close(autocommit=False)
-    if seen < total or first is None:
-        raise TimeoutError(f"raw consumer saw {seen} of {total} records in {TIMEOUT_S:.0f}s")
-    return _rate(total, last - first)
+    if seen < total or first is None or seen == first_batch:
+        raise TimeoutError(f"raw consumer saw {seen} of {total} records in {TIMEOUT_S:.0f}s, "
+                           "or all of them in its first batch (use more --events)")
+    return _after_first(seen - first_batch, last - first, first_batch)
 
 
 def _ranktune(settings: Settings, total: int, label: str) -> dict[str, Any]:
@@ -129,8 +143,11 @@ def _ranktune(settings: Settings, total: int, label: str) -> dict[str, Any]:
             quiet.setLevel(level)
         if not finished or stats.first_at is None or stats.done_at is None:
             raise TimeoutError(f"ranktune ({label}) stored {stats.snapshot()} of {total} records in {TIMEOUT_S:.0f}s")
+        if stats.first_records >= total:
+            raise ValueError(f"ranktune ({label}) stored all {total} records in its first batch: use more --events")
         snap = stats.snapshot()
-        return {**_rate(total, stats.done_at - stats.first_at), "dialect": engine.dialect.name,
+        timed = _after_first(total - stats.first_records, stats.done_at - stats.first_at, stats.first_records)
+        return {**timed, "dialect": engine.dialect.name,
                 **{k: snap[k] for k in ("stored", "duplicates", "dead_lettered", "batches")}}
     finally:
         engine.dispose()

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daemon.ingest.events import CatalogIn, FeedbackIn, ParseConfig, Parsed, Rejection, parse_record
 from daemon.ingest.pseudonym import Pseudonymizer
@@ -188,48 +189,96 @@ def test_pseudonym_cache_is_bounded_and_per_key() -> None:
     assert other("user_id", "u-0") != first
 
 
-# --- the feedback fast path (a model without the NUL callbacks, for values that cannot hold a NUL) ---
+# --- the feedback fast path (msgspec decides what it can; FeedbackIn decides the rest and every rejection) ---
 
-ODD_VALUES: list[Any] = [None, "", "a\u0000b", "\u0000", "a\\u0000b", 0, -1, 2**31, 2.5, True, [], {}, "x" * 600,
-                         "2026-11-01T12:00:00", "2026-11-01T12:00:00Z", "click", "héllo ✓"]
+ODD_VALUES: list[Any] = [None, "", "a\u0000b", "\u0000", "a\\u0000b", 0, -1, 2**31, 2**31 - 1, 2.5, 3.0, True, [], {},
+                         "x" * 600, "é" * 128, "é" * 129, "😀" * 128, "😀" * 129, "\ud83d\ude00", "\ud800", "\udfff",
+                         "click", "héllo ✓",
+                         "2026-11-01T12:00:00", "2026-11-01T12:00:00Z", "2026-11-01 12:00:00Z", "2026-11-01T12:00Z",
+                         "2026-11-01t12:00:00z", "2026-11-01T12:00:00+0100", "2026-11-01T12:00:00.5+01:00",
+                         "2026-11-01T12:00:00.123456Z", "2026-11-01T12:00:00.1234567Z", "2026-02-30T12:00:00Z",
+                         "2026-11-01T24:00:00Z", "2026-11-01T12:60:00Z", "2026-11-01T12:00:60Z",
+                         "2026-11-01T12:00:00+24:00",
+                         "2026-11-01T12:00:00-00:00", "2026-11-01T12:00:00+23:59", "0001-01-01T00:00:00+01:00",
+                         "9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00Z", "1795000000", "2026-W44-1T12:00:00Z"]
 
 
 def _strict(value: bytes) -> Parsed | Rejection:
     """What `FeedbackIn` alone decides (the reference the fast path must match)."""
     from daemon.ingest import events
 
-    fast = events._validate_feedback_fast
-    events._validate_feedback_fast = events._validate_feedback  # type: ignore[assignment]
+    fast = events._fast_feedback
+    events._fast_feedback = lambda _value: None  # type: ignore[assignment]
     try:
         return parse_record("fb", 2, 17, b"k", value, config=CFG, pseudonymize=KEY)
     finally:
-        events._validate_feedback_fast = fast
+        events._fast_feedback = fast
 
 
-def test_fast_and_strict_feedback_models_declare_the_same_schema() -> None:
-    from daemon.ingest.events import _FeedbackFast
+def test_the_wire_struct_declares_feedbackins_fields_in_order_with_the_same_defaults() -> None:
+    import msgspec
 
-    def schema(model: type[BaseModel]) -> dict[str, Any]:
-        s = json.loads(json.dumps(model.model_json_schema()).replace(model.__name__, "M"))
-        s.pop("description", None)
-        return s
+    from daemon.ingest.events import _FeedbackWire
 
-    assert schema(_FeedbackFast) == schema(FeedbackIn)
+    wire = {f.name: (f.required, f.default) for f in msgspec.structs.fields(_FeedbackWire)}
+    model = {name: (f.is_required(), None if f.is_required() else f.default)
+             for name, f in FeedbackIn.model_fields.items()}
+    assert list(wire) == list(model)
+    assert {name: (req, None if req else d) for name, (req, d) in wire.items()} == model
+
+
+def test_the_fast_path_takes_the_plain_event_and_leaves_the_others_to_feedbackin() -> None:
+    from daemon.ingest import events
+
+    assert events._fast_feedback(json.dumps(FEEDBACK).encode()) is not None  # the common case never reaches pydantic
+    for odd in ({"ts": "2026-11-01 12:00:00Z"}, {"query": "a\u0000b"}, {"position": "3"}, {"extra": 1}):
+        assert events._fast_feedback(json.dumps(FEEDBACK | odd).encode()) is None, odd
+    assert isinstance(parse(FEEDBACK | {"ts": "2026-11-01 12:00:00Z"}), Parsed)  # FeedbackIn's spelling still stored
+
+
+def _outcomes_match(value: dict[str, Any] | list[Any], ensure_ascii: bool) -> str:
+    raw = json.dumps(value, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")  # lone surrogates too
+    got, want = parse(raw), _strict(raw)
+    assert got == want, (value, got, want)
+    if isinstance(got, Parsed):  # same values, and timestamps in the same zone
+        assert got.row["ts"].utcoffset() == want.row["ts"].utcoffset() == UTC.utcoffset(None)  # type: ignore[union-attr]
+    return got.reason if isinstance(got, Rejection) else "stored"
 
 
 def test_fast_path_gives_exactly_the_strict_models_outcome_for_every_odd_field_value() -> None:
-    values = [FEEDBACK, {k: v for k, v in FEEDBACK.items() if k in ("event_id", "ts", "query", "item_id", "action")}]
+    values: list[Any] = [FEEDBACK, {k: v for k, v in FEEDBACK.items()
+                                    if k in ("event_id", "ts", "query", "item_id", "action")}]
     for field in FEEDBACK:
         values.append({k: v for k, v in FEEDBACK.items() if k != field})
         values += [FEEDBACK | {field: odd} for odd in ODD_VALUES]
-    values.append(FEEDBACK | {"query\u0000": "q"})
+    values += [FEEDBACK | {"query\u0000": "q"}, FEEDBACK | {"explore": True, "ranked_position": 0},
+               FEEDBACK | {"explore": 1}, FEEDBACK | {"ranked_position": -1}, [FEEDBACK], "text", 7]
     seen: set[str] = set()
     for value in values:
-        raw = json.dumps(value, ensure_ascii=False).encode()
-        got, want = parse(raw), _strict(raw)
-        assert got == want, value
-        seen.add(got.reason if isinstance(got, Rejection) else "stored")
-    assert {"stored", "schema:query", "schema:position", "schema:ts", "unknown_action", "unknown_field"} <= seen
+        for ensure_ascii in (False, True):
+            seen.add(_outcomes_match(value, ensure_ascii))
+    assert {"stored", "schema:query", "schema:position", "schema:ts", "unknown_action", "unknown_field",
+            "not_object"} <= seen
+
+
+def test_duplicate_keys_resolve_alike_on_both_paths() -> None:
+    raw = json.dumps(FEEDBACK).encode()[:-1] + b', "query": "second", "position": 9}'
+    got, want = parse(raw), _strict(raw)
+    assert got == want and isinstance(got, Parsed) and (got.row["query"], got.row["position"]) == ("second", 9)
+
+
+_JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**31 + 3), st.floats(allow_nan=False),
+                       st.text(max_size=8), st.sampled_from([v for v in ODD_VALUES if not isinstance(v, list | dict)]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from([*FEEDBACK, "explore", "ranked_position", "other"]),
+                               st.one_of(_JSON_LEAF, st.lists(_JSON_LEAF, max_size=2)), max_size=4),
+       dropped=st.sets(st.sampled_from(list(FEEDBACK)), max_size=2), ensure_ascii=st.booleans())
+def test_fast_path_matches_feedbackin_on_generated_events(changes: dict[str, Any], dropped: set[str],
+                                                          ensure_ascii: bool) -> None:
+    value = {k: v for k, v in (FEEDBACK | changes).items() if k not in dropped}
+    _outcomes_match(value, ensure_ascii)
 
 
 def test_a_backslash_before_u0000_is_text_not_a_nul() -> None:

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import insert, inspect, text
 
 from storage import events_repo, registry
@@ -60,8 +62,33 @@ def test_feedback_insert_is_idempotent(engine):
         assert events_repo.count_feedback(session=s, since=T0 + timedelta(seconds=9)) == 10
 
 
+def test_feedback_insert_counts_exactly_across_statements(engine, monkeypatch: pytest.MonkeyPatch):
+    # SQLite: several multi-row statements per call (3 rows each here), duplicates inside a batch and
+    # against stored rows; each statement's rowcount is added up
+    monkeypatch.setattr(events_repo, "SQLITE_ROWS_PER_STATEMENT", 3)
+    rows = [feedback(i) for i in range(11)]
+    with session_scope(engine) as s:
+        assert events_repo.insert_feedback(session=s, rows=rows[:4]) == events_repo.WriteResult(4, 0)
+    with session_scope(engine) as s:
+        assert events_repo.insert_feedback(session=s, rows=[*rows, rows[7], rows[0]]) == events_repo.WriteResult(7, 6)
+    with session_scope(engine) as s:
+        got = events_repo.recent_feedback(session=s, limit=20)
+    assert sorted(e.event_id for e in got) == sorted(f"e{i}" for i in range(11))
+    assert {e.event_id: e.offset for e in got} == {f"e{i}": i for i in range(11)}  # each row's own values
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.datetimes(timezones=st.none() | st.timezones()) | st.dates() | st.none())
+def test_the_fast_sqlite_datetime_processor_formats_as_sqlalchemys(value: object) -> None:
+    from sqlalchemy.dialects import sqlite
+
+    reference = sqlite.DATETIME().bind_processor(sqlite.dialect())
+    assert reference is not None
+    assert events_repo._fast_sqlite_datetime(reference)(value) == reference(value)
+
+
 def test_feedback_rows_are_stored_as_sqlalchemy_stores_them(engine):
-    # insert_feedback sends SQLite rows through the driver's executemany: the stored values must be
+    # insert_feedback sends SQLite rows through the driver (multi-row statements): the stored values must be
     # exactly what a plain SQLAlchemy insert stores (timestamps in SQLAlchemy's text format, NULLs, ints)
     rows = [feedback(i, ts=datetime(1, 2, 3, 4, 5, 6, tzinfo=UTC) if i == 0 else T0 + timedelta(microseconds=i),
                      item_text="t\u00e9xt" if i % 2 else None, user_hash="h" * 64) for i in range(4)]

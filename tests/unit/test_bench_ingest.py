@@ -1,0 +1,25 @@
+"""`ranktune bench ingest` times raw kafka-python and ranktune over the same window: after the first batch."""
+
+from __future__ import annotations
+
+from daemon.tools.bench_ingest import _TimedStats
+
+
+def test_ranktune_is_timed_from_its_first_commit_counting_only_the_records_after_it() -> None:
+    stats = _TimedStats(total=10)
+    stats.add(consumed=4)
+    assert stats.first_at is None  # parsed is not done: the window opens at the first commit
+    stats.add(stored=3, dead_lettered=1)
+    stats.add(batches=1)
+    assert stats.first_at is not None and stats.first_records == 4 and not stats.done.is_set()
+    stats.add(consumed=6, stored=5, duplicates=1)
+    assert not stats.done.is_set()  # done at a commit, not before
+    stats.add(batches=1)
+    assert stats.done.is_set() and stats.done_at is not None and stats.done_at >= stats.first_at
+
+
+def test_a_first_batch_that_holds_everything_is_done_at_once() -> None:
+    stats = _TimedStats(total=5)
+    stats.add(consumed=5, stored=5)
+    stats.add(batches=1)
+    assert stats.done.is_set() and stats.first_records == 5 and stats.done_at == stats.first_at
