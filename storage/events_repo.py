@@ -135,7 +135,7 @@ def _is_default_sqlite_datetime(impl: Any) -> bool:
 def _fast_sqlite_datetime(fallback: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """SQLAlchemy's SQLite DATETIME bind processor (default format "YYYY-MM-DD HH:MM:SS.ffffff", the zone
     dropped) for `datetime` values by `isoformat` in C rather than a %-format of a dict per value: one
-    such value per stored event. Anything else goes to SQLAlchemy's own (tests/unit/test_events_repo.py
+    such value per stored event. Anything else goes to SQLAlchemy's own (tests/unit/test_storage.py
     checks that the two agree)."""
 
     def process(value: Any) -> Any:
