@@ -86,7 +86,7 @@ def resolve_serving_path(path: ServingPath | str, device: torch.device, *, nativ
     if path == "merged-bf16" and on_cpu and not native:
         log.warning("serving path merged-bf16 on a CPU without bf16 instructions: its bf16 products are "
                     "emulated and may be slower than merged-fp32 (auto would choose merged-fp32 here)")
-    if path in FAST_PATHS and device.type != "cpu":
+    if path in FAST_PATHS and not on_cpu:
         raise FastPathUnavailable(f"serving path {path} runs on CPU only; this model is on {device} "
                                   "(use quantized or auto)")
     return str(path)

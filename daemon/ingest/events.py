@@ -254,30 +254,28 @@ def parse_record(topic: str, partition: int, offset: int, key: bytes | None, val
     # the row built in one dict display.
     validate: Callable[[bytes], FeedbackIn | CatalogIn]
     if topic == config.feedback_topic:
-        if value is not None and len(value) <= config.max_message_bytes:
-            fast = _fast_feedback(value)  # UTF-8 and the whole schema checked in C; None: FeedbackIn decides
-            if fast is not None:
-                ts = _checked_ts(fast[1], config, timestamp_ms, now, not_after)
-                if type(ts) is tuple:
-                    return Rejection(topic, partition, offset, key, value, *ts)
-                row = _feedback_row(fast[0], ts, topic, partition, offset, pseudonymize)
-                return Parsed("feedback", row, topic, partition, offset, key, value)
         validate = _validate_feedback
     elif topic == config.catalog_topic:
         validate = _validate_catalog
     else:
         return Rejection(topic, partition, offset, key, value, "unknown_topic",
                          f"topic {topic!r} carries no ranktune events")
-    raw_reason = _raw_rejection(value, config.max_message_bytes)
-    if raw_reason is not None:
-        return Rejection(topic, partition, offset, key, value, *raw_reason)
-    assert value is not None
-    event: FeedbackIn | CatalogIn
-    try:
-        event = validate(value)
-    except ValidationError as exc:
-        return Rejection(topic, partition, offset, key, value, *_describe(exc))
-    ts = _checked_ts(event.ts, config, timestamp_ms, now, not_after)
+    fast = (_fast_feedback(value) if validate is _validate_feedback and value is not None
+            and len(value) <= config.max_message_bytes else None)
+    event: _FeedbackWire | FeedbackIn | CatalogIn
+    if fast is not None:  # UTF-8 and the whole schema checked in C
+        event, when = fast
+    else:  # the pydantic model decides, and words any rejection
+        raw_reason = _raw_rejection(value, config.max_message_bytes)
+        if raw_reason is not None:
+            return Rejection(topic, partition, offset, key, value, *raw_reason)
+        assert value is not None
+        try:
+            event = validate(value)
+        except ValidationError as exc:
+            return Rejection(topic, partition, offset, key, value, *_describe(exc))
+        when = event.ts
+    ts = _checked_ts(when, config, timestamp_ms, now, not_after)
     if type(ts) is tuple:
         return Rejection(topic, partition, offset, key, value, *ts)
     if not isinstance(event, CatalogIn):
