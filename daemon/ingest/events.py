@@ -187,7 +187,9 @@ class _FeedbackWire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 # The one `ts` spelling the fast path reads itself: date, 'T', seconds, at most 6 fraction digits, a zone.
 _WIRE_TS = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})\Z", re.ASCII)
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-5][0-9])\Z", re.ASCII)
+"""The one spelling of `ts` the fast path reads. The zone's minutes are checked here: `fromisoformat` adds
+`+00:60` as an hour where `FeedbackIn` refuses it."""
 
 
 @dataclass(frozen=True, slots=True)
