@@ -272,8 +272,11 @@ class NegativePool:
                 seen.setdefault(item_id, text)
         self.items = sorted(seen.items())
 
-    def with_random_negatives(self, group: QueryGroup, k: int, rng: random.Random) -> QueryGroup:
-        """`group` plus up to `k` items of other pages, labelled 0 (not clicked).
+    def with_random_negatives(self, group: QueryGroup, k: int, rng: random.Random,
+                              page: QueryGroup | None = None) -> QueryGroup:
+        """`group` plus up to `k` items of other pages, labelled 0 (not clicked). `page`: the whole group that
+        `group` was cut from (`truncate_group`), whose items are never added: a positive that the cut left
+        out must not come back as a negative.
 
         A page holds only what retrieval found for the query, so clicks teach the order among close
         candidates and nothing about products that do not match at all; a learner trained on pages alone
@@ -282,7 +285,7 @@ class NegativePool:
         gain is 0, so their inverse-propensity weight does not matter; they take position 0's."""
         if k <= 0 or not self.items:
             return group
-        own = set(group.item_ids)
+        own = set(group.item_ids if page is None else group.item_ids + page.item_ids)
         picked: list[tuple[str, str]] = []
         for _ in range(4 * k):
             if len(picked) == k:

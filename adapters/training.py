@@ -263,9 +263,10 @@ class _Run:
             for start in range(0, len(order), cfg.groups_per_step):
                 if stop.before_step():
                     return best
+                pages = [self.data.train[i] for i in order[start : start + cfg.groups_per_step]]
                 batch = [self.negatives.with_random_negatives(
-                    truncate_group(self.data.train[i], cfg.max_items_per_group, self.rng), cfg.random_negatives,
-                    self.rng) for i in order[start : start + cfg.groups_per_step]]
+                    truncate_group(page, cfg.max_items_per_group, self.rng), cfg.random_negatives, self.rng, page)
+                    for page in pages]
                 if not self.optimise(params, optimizer, scheduler, batch, epoch):
                     stop.diverged()
                     return best

@@ -176,3 +176,27 @@ def test_random_negatives_come_from_other_pages_unclicked_and_aligned() -> None:
     assert pool.with_random_negatives(pages[0], 0, rng) is pages[0] and rng.random() == random.Random(5).random()
     # never more than the pool holds outside the page
     assert len(pool.with_random_negatives(pages[2], 50, random.Random(2))) == 8
+
+
+def test_random_negatives_never_bring_back_what_the_cut_left_out() -> None:
+    from adapters.dataset import NegativePool, truncate_group
+
+    # a page with more clicked items than a training group keeps: the cut leaves some positives out
+    items = [f"p{k}" for k in range(12)] + ["n1", "n2"]
+    page = QueryGroup(key="big", query="q big", ts=T0, item_ids=tuple(items), texts=tuple(f"text {i}" for i in items),
+                      labels=tuple(int(i.startswith("p")) for i in items), positions=tuple(range(len(items))))
+    pool = NegativePool([page, _page("other", ["o1", "o2", "o3"], "o1")])
+    for seed in range(20):
+        rng = random.Random(seed)
+        cut = truncate_group(page, 6, rng)
+        assert set(page.item_ids) - set(cut.item_ids)  # something was left out
+        grown = pool.with_random_negatives(cut, 3, rng, page)
+        assert set(grown.item_ids[len(cut):]) <= {"o1", "o2", "o3"}, grown.item_ids
+    # without `page` the pool does offer left-out positives, labelled 0: the check above is not vacuous
+    offered: set[str] = set()
+    for seed in range(20):
+        rng = random.Random(seed)
+        cut = truncate_group(page, 6, rng)
+        grown = pool.with_random_negatives(cut, 3, rng)
+        offered |= set(grown.item_ids[len(cut):]) & {i for i in page.item_ids if i.startswith("p")}
+    assert offered
