@@ -153,9 +153,9 @@ def _sqlite_insert_feedback(conn: Connection, rows: Sequence[dict[str, Any]]) ->
     """SQLite: up to `SQLITE_ROWS_PER_STATEMENT` rows per statement, as one multi-row VALUES list.
 
     One statement for many rows rather than `executemany` (one statement per row): `sqlite3` releases the
-    GIL inside each `sqlite3_step`, and in the ingest loop's writer thread a step per row gave the GIL
-    back and waited for it once per row, so nothing overlapped with the loop's parsing; one step per
-    2,000 rows runs beside it (and is a little faster alone too). The parameters go through the
+    GIL inside each `sqlite3_step`, and in a writer thread beside the ingest loop (measured at stop 23,
+    not kept: no faster, README "Ingestion") a step per row gave the GIL back and waited for it once per
+    row; one step per 2,000 rows does not (and is a little faster alone too). The parameters go through the
     column types' bind processors, as SQLAlchemy would send them.
 
     Counting by `rowcount` is exact: it is `sqlite3_changes()` of the statement, and a row skipped by
