@@ -307,17 +307,21 @@ class FastBase:
 
     def embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit-norm pooled embeddings of the bare base, one row per text (cached per text, LRU)."""
+        # what the cache holds is taken in the first section: another thread (a swap's probe beside the
+        # scorer's worker) may evict it before the second
         with self._lock:
-            missing = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
-        fresh = self._embed(missing) if missing else []
+            have = {t: self._embeddings[t] for t in dict.fromkeys(texts) if t in self._embeddings}
+        missing = [t for t in dict.fromkeys(texts) if t not in have]
+        if missing:
+            have.update(zip(missing, self._embed(missing), strict=True))
         with self._lock:
-            self._embeddings.update(zip(missing, fresh, strict=True))
-            out = torch.stack([self._embeddings[t] for t in texts])
-            for t in texts:
-                self._embeddings.move_to_end(t)
+            self._embeddings.update((t, have[t]) for t in missing)
+            for t in have:
+                if t in self._embeddings:
+                    self._embeddings.move_to_end(t)
             while len(self._embeddings) > _CACHE_SIZE:
                 self._embeddings.popitem(last=False)
-        return out
+        return torch.stack([have[t] for t in texts])
 
     def _embed(self, texts: list[str]) -> list[torch.Tensor]:
         assert self._body is not None

@@ -178,3 +178,23 @@ def test_scorer_on_the_fast_path_swaps_between_rounds(
         scorer.stop()
         if f"fastpath_ref_v1_{path}" in ranker.adapter_names:
             ranker.delete_adapter(f"fastpath_ref_v1_{path}")
+
+
+def test_embeddings_survive_an_eviction_by_another_thread(fast_bases: dict[str, FastBase]) -> None:
+    fb = fast_bases["merged-fp32"]
+    assert fb.sentence, "the default base is a sentence encoder: its cosine is cached per text"
+    want = fb.embeddings(["Brass desk lamp", "Cotton summer dress"]).clone()
+    embed = fb._embed
+
+    def evicting(texts: list[str]) -> list[torch.Tensor]:  # another thread fills the cache meanwhile
+        with fb._lock:
+            fb._embeddings.clear()
+        return embed(texts)
+
+    fb._embed = evicting  # type: ignore[method-assign]
+    try:
+        got = fb.embeddings(["Brass desk lamp", "Cotton summer dress", "Leather hiking boot"])
+    finally:
+        fb._embed = embed  # type: ignore[method-assign]
+    torch.testing.assert_close(got[:2], want)
+    assert "Leather hiking boot" in fb._embeddings
