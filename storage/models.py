@@ -7,7 +7,7 @@ maps to JSON on PostgreSQL and TEXT on SQLite.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Text
 from sqlmodel import Field, SQLModel
@@ -15,6 +15,18 @@ from sqlmodel import Field, SQLModel
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(ts: datetime) -> datetime: ...
+@overload
+def as_utc(ts: None) -> None: ...
+def as_utc(ts: datetime | None) -> datetime | None:
+    """A stored timestamp as an aware UTC datetime: SQLite hands them back without a zone (they are stored
+    in UTC); PostgreSQL in the session's zone."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _ts(index: bool = False, nullable: bool = False) -> Any:

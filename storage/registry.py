@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
 from storage.errors import ChampionChanged, InvalidTransition, VersionNotFound
-from storage.models import AdapterVersion, AuditLog, DriftReport, RegistryAlias, TrainingRun, utcnow
+from storage.models import AdapterVersion, AuditLog, DriftReport, RegistryAlias, TrainingRun, as_utc, utcnow
 
 BASE = "base"
 CHAMPION = "champion"
@@ -175,7 +175,7 @@ def audit(*, session: Session, actor: str, action: str, from_version: str | None
 def last_champion_change(*, session: Session) -> datetime | None:
     """When the champion alias last moved (promotion or rollback)."""
     q = select(func.max(col(AuditLog.ts))).where(col(AuditLog.action).in_(["promote", "auto_promote", "rollback"]))
-    return session.execute(q).scalar_one()
+    return as_utc(session.execute(q).scalar_one())
 
 
 def audit_log(*, session: Session, limit: int = 50) -> list[AuditLog]:

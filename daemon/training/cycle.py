@@ -34,7 +34,7 @@ from daemon.training.messages import CycleOutcome, CycleSummary, GateVerdict, Pr
 from storage import events_repo, registry
 from storage.db import make_engine, session_scope, write_patiently
 from storage.errors import DatabaseUnavailable
-from storage.models import AdapterVersion, TrainingRun
+from storage.models import AdapterVersion, TrainingRun, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
         base_model=ranker.base.model_id, quantization=ranker.base.quantization,
         lora_config=ranker.peft_config(version), metrics=metrics, gate=verdict.record(), status="candidate",
         artifact_path=str(info.path), checksum=info.checksum, training_run_id=run_id,
-        created_at=datetime.now().astimezone())
+        created_at=utcnow())
     finished = {**summary.model_dump(exclude={"artifact_path"}), "n_regression": len(splits.regression),
                 "n_replay": splits.replay_count, "examples_per_s": result.examples_per_s, "gate": verdict.record(),
                 "candidate_version": version, "data_cutoff": newest}

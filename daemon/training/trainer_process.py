@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, timedelta
+from datetime import timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
@@ -44,7 +44,7 @@ from daemon.training.messages import CycleOutcome, Progress, parse
 from storage import registry
 from storage.db import session_scope, write_patiently
 from storage.errors import DatabaseUnavailable
-from storage.models import AdapterVersion, TrainingRun, utcnow
+from storage.models import AdapterVersion, TrainingRun, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,7 @@ def is_interrupted(run: TrainingRun, *, max_age_s: float) -> bool:
     host, _, pid = str(owner).rpartition(":") if owner else ("", "", "")
     if host == socket.gethostname() and pid.isdigit():
         return int(pid) == os.getpid() or not _pid_alive(int(pid))
-    started = run.started_at if run.started_at.tzinfo is not None else run.started_at.replace(tzinfo=UTC)
-    return utcnow() - started > timedelta(seconds=max_age_s)
+    return utcnow() - as_utc(run.started_at) > timedelta(seconds=max_age_s)
 
 
 def close_interrupted_runs(engine: Engine, settings: Settings) -> list[int]:

@@ -211,3 +211,22 @@ def test_status_shows_the_champions_position_bias_and_gate_resolution(client: Te
     assert champ["min_detectable_gain"] == 0.0 and champ["gate_passed"] is True
     latest = pb["latest_run"]  # the newest succeeded run (v4, waiting for an operator) stored no curve
     assert latest["run_id"] == history.runs[history.waiting] and latest["propensity"] is None
+
+
+@pytest.mark.parametrize("path, param, value", [
+    ("/v1/ingest/stats", "until", "9999-12-31T23:59:59"),
+    ("/v1/ingest/stats", "until", "0001-01-01T00:00:00"),
+    ("/v1/ingest/stats", "since", "0001-01-01T00:00:00+14:00"),
+    ("/v1/drift", "since", "0001-01-01T00:00:00+14:00"),
+])
+def test_timestamps_out_of_range_are_a_client_error(client: TestClient, path: str, param: str, value: str) -> None:
+    got = client.get(path, params={param: value}, headers=AUTH)
+    assert got.status_code == 422, got.text
+    assert "out of range" in got.text
+
+
+def test_query_timestamps_without_a_zone_are_utc(client: TestClient, history: History) -> None:
+    until = datetime.now(UTC).replace(microsecond=0, second=0)
+    naive = client.get("/v1/ingest/stats", params={"until": until.replace(tzinfo=None).isoformat()}).json()
+    aware = client.get("/v1/ingest/stats", params={"until": until.isoformat()}).json()
+    assert naive["rate"] == aware["rate"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,8 @@ def test_a_metrics_scrape_reads_no_database(serve_role: Callable[..., ServeRole]
     role.reconciler.sync("test")  # the reconciler reads the time of the last change, once per sync
     with session_scope(sqlite_engine) as s:
         changed = registry.last_champion_change(session=s)
-    assert changed is not None
+    # aware UTC (SQLite returns stored times without a zone): `.timestamp()` must not read it as local time
+    assert changed is not None and changed.utcoffset() == timedelta(0)
     statements = _count_statements(sqlite_engine)
     for _ in range(5):
         text = httpx.get(role.url + "/metrics", timeout=10).text

@@ -11,12 +11,30 @@ two requests, which `limit`/`offset` would (every new row shifts the offsets by 
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from storage.models import DriftStatistics
+from storage.models import DriftStatistics, as_utc
+
+_EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _query_time(ts: datetime) -> datetime:
+    """A timestamp of a query string, as UTC (without a zone: UTC), between 1970 and 9000, so that a window
+    around it stays a valid time: 422, not 500, for `0001-01-01T00:00:00+14:00` or `9999-12-31T23:59:59`."""
+    try:
+        out = as_utc(ts)
+    except OverflowError:
+        raise ValueError("timestamp out of range") from None
+    if not _EARLIEST <= out < _LATEST:
+        raise ValueError(f"timestamp out of range: from {_EARLIEST.isoformat()} to before {_LATEST.isoformat()}")
+    return out
+
+
+QueryTime = Annotated[datetime, AfterValidator(_query_time)]
+"""A `datetime` query parameter: UTC, in a range where windows and conversions cannot overflow."""
 
 
 class _Open(BaseModel):

@@ -8,7 +8,7 @@ page's `next_before`), see `daemon.serving.api.schemas`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -25,6 +25,7 @@ from daemon.serving.api.schemas import (
     DriftThresholds,
     GateOut,
     PropensityOut,
+    QueryTime,
     RunDetailOut,
     RunOut,
     RunsPage,
@@ -33,7 +34,7 @@ from daemon.settings import DriftSettings
 from daemon.status import holdout_ndcg
 from storage import registry
 from storage.db import session_scope
-from storage.models import DriftReport, TrainingRun
+from storage.models import DriftReport, TrainingRun, as_utc
 
 router = APIRouter(prefix="/v1", tags=["history"], dependencies=[Depends(require_operator)])
 
@@ -47,18 +48,11 @@ def _next(rows: Sequence[Any], limit: int) -> int | None:
     return int(rows[-1].id) if len(rows) == limit else None
 
 
-def utc(ts: datetime | None) -> datetime | None:
-    """Timestamps as UTC (SQLite hands them back without a zone; they are stored in UTC)."""
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
 # --- runs ------------------------------------------------------------------------------------------
 def run_out(run: TrainingRun) -> dict[str, Any]:
     return {
-        "id": run.id, "trigger": run.trigger, "status": run.status, "started_at": utc(run.started_at),
-        "finished_at": utc(run.finished_at), "candidate_version": run.candidate_version, "device": run.device,
+        "id": run.id, "trigger": run.trigger, "status": run.status, "started_at": as_utc(run.started_at),
+        "finished_at": as_utc(run.finished_at), "candidate_version": run.candidate_version, "device": run.device,
         "quantization": run.quantization, "n_train": run.n_train, "n_holdout": run.n_holdout,
         "n_regression": run.n_regression, "n_replay": run.n_replay, "steps": run.steps, "best_step": run.best_step,
         "early_stopped": run.early_stopped, "seconds": run.seconds, "examples_per_s": run.examples_per_s,
@@ -135,7 +129,7 @@ def drift_out(report: DriftReport, runs: list[int]) -> DriftOut:
     drop = (report.reference_ndcg - report.recent_ndcg
             if report.reference_ndcg is not None and report.recent_ndcg is not None else None)
     return DriftOut(
-        id=report.id or 0, created_at=utc(report.created_at) or report.created_at,
+        id=report.id or 0, created_at=as_utc(report.created_at),
         champion_version=report.champion_version, n_reference=report.n_reference, n_recent=report.n_recent,
         score_psi=report.score_psi, term_js=report.term_js, unseen_item_share=report.unseen_item_share,
         unseen_term_share=report.unseen_term_share, recent_ndcg=report.recent_ndcg, recent_auc=report.recent_auc,
@@ -146,7 +140,7 @@ def drift_out(report: DriftReport, runs: list[int]) -> DriftOut:
 def _drift_page(ctx: ApiContext, since: datetime | None, limit: int, before: int | None) -> DriftPage:
     with session_scope(ctx.engine) as s:
         rows = registry.drift_page(session=s, limit=limit, before=before,
-                                   since=since.astimezone(UTC) if since else None)
+                                   since=since)
         links = triggered_runs(s, rows)
         items = [drift_out(r, links.get(r.id or 0, [])) for r in rows]
     return DriftPage(items=items, next_before=_next(rows, limit), thresholds=thresholds(ctx.settings.drift))
@@ -155,12 +149,10 @@ def _drift_page(ctx: ApiContext, since: datetime | None, limit: int, before: int
 @router.get("/drift", response_model=DriftPage,
             summary="Drift reports, newest first (paged): each statistic, the thresholds, the retrains triggered")
 async def list_drift(
-    since: datetime | None = Query(None, description="Only reports created at or after this time (ISO 8601)."),
+    since: QueryTime | None = Query(None, description="Only reports created at or after this time (ISO 8601)."),
     limit: int = Query(100, ge=1, le=1000, description="Most reports in one page."),
     before: int | None = Before, ctx: ApiContext = Depends(get_ctx),
 ) -> DriftPage:
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     return await run_in_threadpool(_drift_page, ctx, since, limit, before)
 
 
@@ -174,5 +166,5 @@ def list_audit(limit: int = Limit, before: int | None = Before,
         rows = registry.audit_page(session=s, limit=limit, before=before, version=version, action=action)
         items = [AuditOut.model_validate(r, from_attributes=True) for r in rows]
     for item in items:
-        item.ts = utc(item.ts) or item.ts
+        item.ts = as_utc(item.ts)
     return AuditPage(items=items, next_before=_next(rows, limit))

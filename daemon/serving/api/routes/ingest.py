@@ -16,11 +16,10 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from daemon.serving.api.deps import ApiContext, get_ctx
-from daemon.serving.api.routes.history import utc
-from daemon.serving.api.schemas import IngestRate, IngestStatsOut, IngestStored, RateBucket
+from daemon.serving.api.schemas import IngestRate, IngestStatsOut, IngestStored, QueryTime, RateBucket
 from storage import events_repo
 from storage.db import session_scope
-from storage.models import CatalogItem
+from storage.models import CatalogItem, as_utc
 
 router = APIRouter(prefix="/v1/ingest", tags=["ingestion"])
 
@@ -31,10 +30,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value if value is None or isinstance(value, bool | int | float | str) else str(value)
-
-
-def _aware(ts: datetime | None) -> datetime | None:
-    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
 
 
 def _window(until: datetime | None, since: datetime | None, bucket_s: int, limit: int) -> tuple[datetime, datetime]:
@@ -49,14 +44,13 @@ def _window(until: datetime | None, since: datetime | None, bucket_s: int, limit
 
 def _stats(ctx: ApiContext, since: datetime | None, until: datetime | None, bucket_s: int,
            limit: int) -> IngestStatsOut:
-    until, since = _aware(until), _aware(since)
     start, end = _window(until, since, bucket_s, limit)
     with session_scope(ctx.engine) as s:
         stored = IngestStored(
             feedback_events=events_repo.count_feedback(session=s),
             labelled_events=events_repo.count_feedback(session=s, labelled_only=True),
             catalog_items=int(s.execute(select(func.count()).select_from(CatalogItem)).scalar_one()),
-            latest_ingested_at=utc(events_repo.latest_ingested_at(session=s)),
+            latest_ingested_at=as_utc(events_repo.latest_ingested_at(session=s)),
         )
         counts = events_repo.ingest_counts(session=s, since=start, until=end, bucket_s=bucket_s)
     first = int(start.timestamp())
@@ -74,8 +68,8 @@ def _stats(ctx: ApiContext, since: datetime | None, until: datetime | None, buck
 async def ingest_stats(
     bucket_s: int = Query(60, ge=1, le=86400, description="Width of one rate bucket, in seconds."),
     limit: int = Query(60, ge=1, le=1440, description="Most buckets in one window (the page size)."),
-    until: datetime | None = Query(None, description="End of the window (default now); a page's `next_until`."),
-    since: datetime | None = Query(None, description="Start no earlier than this (ISO 8601)."),
+    until: QueryTime | None = Query(None, description="End of the window (default now); a page's `next_until`."),
+    since: QueryTime | None = Query(None, description="Start no earlier than this (ISO 8601)."),
     ctx: ApiContext = Depends(get_ctx),
 ) -> IngestStatsOut:
     return await run_in_threadpool(_stats, ctx, since, until, bucket_s, limit)
