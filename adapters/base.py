@@ -14,7 +14,6 @@ A base is one of two kinds:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from adapters.config import ModelSpec, default_base_model
+from adapters.config import ModelSpec, base_model_id, default_base_model
 from adapters.errors import BaseModelError, DeviceUnavailable, QuantizationError
 
 __all__ = [
@@ -171,15 +170,6 @@ def _tune_bitsandbytes(model: torch.nn.Module) -> None:
         bnb_logger.addFilter(_DropCastNotice())
 
 
-def _fingerprint(path: Path) -> str:
-    # Cheap identity of a base folder: its config plus the names and sizes of weight files. Hashing the
-    # weights themselves would cost seconds on bigger bases at every scorer start.
-    h = hashlib.sha256((path / "config.json").read_bytes())
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return f"{path.name}@{h.hexdigest()[:12]}"
-
-
 def _pooling_mode(path: Path) -> str:
     modules = path / "modules.json"
     if not modules.is_file():
@@ -265,7 +255,7 @@ def load_base(spec: ModelSpec) -> LoadedBase:
         device=device,
         quantization=quant,
         is_sentence_encoder=not cross,
-        model_id=_fingerprint(path),
+        model_id=base_model_id(path),
         pooling=_pooling_mode(path),
         head_modules=_head_modules(model),
         max_seq_len=spec.max_seq_len,

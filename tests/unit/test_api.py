@@ -178,6 +178,16 @@ def test_operator_actions(client: TestClient, sqlite_engine: Engine, make_versio
     assert _audit_count(sqlite_engine) == n
     assert client.post("/v1/score", json={"query": "q", "items": ITEMS}).json()["adapter_version"] == v1
 
+    # a version trained on another base is refused before anything changes (every scorer would refuse it)
+    with session_scope(sqlite_engine) as s:
+        registry.get_version(session=s, version=v2).base_model = "another-base@0123456789ab"
+    n = _audit_count(sqlite_engine)
+    r = client.post(f"/v1/adapters/{v2}/promote", headers=AUTH)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_transition", r.text
+    assert "another-base@0123456789ab" in r.json()["error"]["message"]
+    assert _audit_count(sqlite_engine) == n
+    assert client.get("/v1/adapters", headers=AUTH).json()["champion"] == v1
+
     for bad in ("v1", "v0001.bak", "V0001", "..", "v0001%2F..%2F..%2Fetc"):
         r = client.post(f"/v1/adapters/{bad}/promote", headers=AUTH)
         assert r.status_code in (400, 404), (bad, r.text)

@@ -90,3 +90,11 @@ def test_cli_adapters_and_status(
     assert [c["version"] for c in status["candidates"]] == []
     code, out = run("status")
     assert code == 0 and f"champion: {v1}" in out
+    # a version trained on another base than RANKTUNE_MODEL_PATH's is refused, with the reason, and nothing moves
+    with session_scope(sqlite_engine) as s:
+        registry.get_version(session=s, version=v2).base_model = "another-base@0123456789ab"
+    code = cli_main(["adapters", "promote", v2, "--no-publish"])
+    err = capsys.readouterr().err
+    assert code == 1 and "trained on base another-base@0123456789ab" in err, err
+    code, out = run("adapters", "list", "--json")
+    assert json.loads(out)["champion"] == v1

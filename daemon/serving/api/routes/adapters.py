@@ -81,12 +81,13 @@ def promote(version: str, request: Request, body: ActionIn | None = Body(None),
             ctx: ApiContext = Depends(get_ctx)) -> ActionOut:
     result = promotion.promote(engine=ctx.engine, version=check_version(version), actor=_actor(request, body),
                               reason=body.reason if body else None, artifacts_dir=ctx.settings.storage.artifacts_dir,
-                              publish=ctx.publish)
+                              publish=ctx.publish, base_model=ctx.scorer.base_model)
     return _act(ctx, result)
 
 
 @router.post("/rollback", response_model=ActionOut, summary="Go back to the previous champion")
 def rollback(request: Request, body: ActionIn | None = Body(None), ctx: ApiContext = Depends(get_ctx)) -> ActionOut:
     result = promotion.rollback(engine=ctx.engine, actor=_actor(request, body), reason=body.reason if body else None,
-                               artifacts_dir=ctx.settings.storage.artifacts_dir, publish=ctx.publish)
+                               artifacts_dir=ctx.settings.storage.artifacts_dir, publish=ctx.publish,
+                               base_model=ctx.scorer.base_model)
     return _act(ctx, result)
