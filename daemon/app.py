@@ -140,6 +140,7 @@ class Application:
             stack.callback(self.serve.stop)
             assert self.serve.scorer is not None and self.serve.reconciler is not None
             self._watch_scorer(self.serve.scorer, self.serve.reconciler, self.serve.listener)
+            self.health.adopt(self.serve.http_heartbeat)
         if "ingest" in self.roles:
             self._start_ingest(stack)
         if "scheduler" in self.roles:

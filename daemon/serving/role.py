@@ -11,6 +11,7 @@ runs it (`ranktune serve`, `ranktune run`), and benchmarks and tests start and s
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -24,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from adapters.ranker import Ranker
 from daemon.errors import StartupCheckFailed
+from daemon.health import Heartbeat
 from daemon.metrics import Metrics
 from daemon.serving.api.app import create_app
 from daemon.serving.control import ControlListener, ControlMessage, ControlPublisher, Reconciler, registered_loader
@@ -86,6 +88,8 @@ class ServeRole:
         self.listener: ControlListener | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        # the HTTP server's thread: health reports it dead if it ends while the process is not stopping
+        self.http_heartbeat = Heartbeat("http", deadline_s=None)
         self.port: int | None = None
 
     @property
@@ -145,8 +149,8 @@ class ServeRole:
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False, timeout_graceful_shutdown=5)
         server = self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="ranktune-http",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.http_heartbeat.guard(functools.partial(server.run, [sock])),
+                                        name="ranktune-http", daemon=True)
         self._thread.start()
         self._stack.callback(sock.close)
         self._stack.callback(self._stop_http)

@@ -122,3 +122,18 @@ def test_scoring_keeps_answering_while_the_database_is_away(serve_role: Callable
     r = post([{"item_id": "k2"}])  # never cached: a clear 503, not a 500
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "database_unavailable" and "text" in r.json()["error"]["message"]
+
+
+def test_an_http_server_that_stops_by_itself_is_a_dead_worker(serve_role: Callable[..., ServeRole]) -> None:
+    role = serve_role()
+    health = Health(liveness_timeout_s=3600)
+    health.adopt(role.http_heartbeat)
+    assert health.report().live and httpx.get(role.url + "/healthz", timeout=10).status_code == 200
+    assert role._server is not None and role._thread is not None
+    role._server.should_exit = True  # uvicorn's loop ends while nothing asked the process to stop
+    role._thread.join(15)
+    assert not role._thread.is_alive()
+    report = health.report()
+    assert not report.live and report.fatal == ("http: its thread ended unexpectedly",)
+    health.shutting_down()  # the same end during a shutdown is a clean stop
+    assert health.report().live
