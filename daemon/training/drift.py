@@ -19,7 +19,9 @@ events share one query, so pages, not events, are the independent units; see `da
 * performance drift: the champion's NDCG@10 on recent labelled pages against its holdout NDCG at
   promotion (for the base: on the reference window); floor = 2 standard errors of the difference.
   Labels are logged clicks, hence position-biased, but both sides are logged and grouped the same
-  way (`dataset.build_groups`), so the bias cancels in the difference. AUC is stored, not judged.
+  way (`dataset.build_groups`) and measured the same way: where the champion's holdout figure is
+  position-debiased (its run used a propensity curve, `RANKTUNE_TRAIN_DEBIAS=ips`), the recent pages
+  are scored with IPS-NDCG under that same curve, not with raw click NDCG. AUC is stored, not judged.
 
 Default thresholds (`daemon.settings`), calibrated on simulated traffic (lexical scorer, 40 seeds per
 case, 2000-event reference). PSI 0.2 is the usual "significant shift". JS 0.1 bits and an unseen share
@@ -144,6 +146,10 @@ class DriftMonitor:
         if champion != registry.BASE:
             version = registry.get_version(session=session, version=champion)
             holdout = (version.metrics.get("candidate") or {}).get("holdout")
+            bias = version.metrics.get("propensity") or {}
+            if holdout is not None and bias.get("used") and bias.get("estimated"):
+                # its holdout NDCG is position-debiased: the recent pages are measured under the same curve
+                holdout = {**holdout, "propensity": [float(x) for x in bias["estimated"]]}
             run = session.get(TrainingRun, version.training_run_id) if version.training_run_id else None
             cutoff = run.data_cutoff if run else None
         if cutoff is None:
@@ -272,11 +278,12 @@ class _Check:
     # --- performance drift ----------------------------------------------------------------------
     def performance(self) -> tuple[EvalResult | None, float, float]:
         """(recent result, reference NDCG@10, noise floor of the drop); (None, nan, inf) if not judged."""
-        recent = self._evaluate(self.rec)
+        stored = self.holdout or {}
+        ref_ndcg = stored.get("ndcg10")
+        recent = self._evaluate(self.rec, stored.get("propensity") if ref_ndcg is not None else None)
         if recent is None:
             return None, math.nan, math.inf
         rec_var = float(np.var(recent.per_group_ndcg, ddof=1))
-        ref_ndcg = (self.holdout or {}).get("ndcg10")
         if ref_ndcg is not None:
             # Only the holdout's mean is stored: assume its pages vary like the recent ones.
             n_ref = int((self.holdout or {}).get("n_groups") or recent.n_groups)
@@ -290,14 +297,16 @@ class _Check:
         se = math.sqrt(rec_var / recent.n_groups + ref_var / max(n_ref, 1))
         return recent, reference, NDCG_SE_FACTOR * se
 
-    def _evaluate(self, rows: list[dict[str, Any]]) -> EvalResult | None:
+    def _evaluate(self, rows: list[dict[str, Any]], propensity: Sequence[float] | None = None) -> EvalResult | None:
+        """Click NDCG@10 of the champion on `rows`' pages; IPS-NDCG under `propensity` when given."""
         groups = dataset.build_groups(rows, self.text_of)
         if len(groups) < MIN_GROUPS:
             log.info("performance drift not judged: %d labelled pages (< %d)", len(groups), MIN_GROUPS)
             return None
         # ignore: ranking_metrics' _Group protocol declares settable attributes, frozen QueryGroup has
         # read-only ones (the same error shows in adapters/training.py); drop it once the protocol is fixed
-        return evaluate_groups(lambda q, texts: self.scores([(q, t) for t in texts]), groups)  # type: ignore[arg-type]
+        return evaluate_groups(lambda q, texts: self.scores([(q, t) for t in texts]), groups,  # type: ignore[arg-type]
+                               propensity=propensity, max_weight=self.s.train.ips_max_weight)
 
 
 def _page_queries(rows: list[dict[str, Any]]) -> dict[str, str]:

@@ -179,3 +179,37 @@ def test_null_floor_covers_page_clustered_noise() -> None:
     fresh = [psi(scores, np.repeat(rng.normal(size=30), 10) + 0.3 * rng.normal(size=300)) for _ in range(20)]
     assert np.mean(fresh) < floor  # clustering makes same-distribution PSI exceed the row-count formula...
     assert np.mean(fresh) > 9 * (1 / 1000 + 1 / 300)  # ...which it would fire on
+
+
+def test_a_debiased_holdout_is_compared_with_recent_pages_under_the_same_curve(engine: Engine) -> None:
+    from adapters import dataset
+    from adapters.ranking_metrics import evaluate_groups
+    from storage.models import AdapterVersion
+
+    records = traffic(7, 3 * WINDOW)
+    feedback_at = [i for i, r in enumerate(records) if r.kind == "feedback"]
+    store(engine, records)
+    cutoff = T0 + timedelta(milliseconds=feedback_at[2 * WINDOW - 1])
+    curve = [1 / (k + 1) for k in range(20)]
+    with session_scope(engine) as s:
+        run = registry.start_run(session=s, trigger="schedule")
+        assert run.id is not None
+        registry.finish_run(session=s, run_id=run.id, status="succeeded", data_cutoff=cutoff)
+        registry.add_version(session=s, version=AdapterVersion(
+            version="v0001", base_model="m", quantization="none", status="candidate", artifact_path="x",
+            checksum="0", training_run_id=run.id, created_at=T0,
+            metrics={"candidate": {"holdout": {"ndcg10": 0.5, "n_groups": 50}},
+                     "propensity": {"estimated": curve, "used": True}}))
+        registry.promote(session=s, version="v0001", actor="test")
+        ref = events_repo.recent_feedback(session=s, limit=WINDOW, until=cutoff)
+        recent = [e.model_dump() for e in
+                  events_repo.recent_feedback(session=s, limit=WINDOW, since=ref[-1].ingested_at)]
+    report = DriftMonitor(settings(), engine, lexical_score).check()
+    groups = dataset.build_groups(recent, catalog_text_of(records).get)
+
+    def ndcg(propensity: list[float] | None) -> float:
+        return evaluate_groups(lambda q, texts: np.asarray(lexical_score([(q, t) for t in texts])), groups,
+                               propensity=propensity, max_weight=Settings().train.ips_max_weight).ndcg10
+
+    assert abs(ndcg(curve) - ndcg(None)) > 0.01  # the two measures differ on these pages
+    assert report.recent_ndcg == pytest.approx(ndcg(curve))  # recent pages measured as the holdout was
