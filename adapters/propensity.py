@@ -196,11 +196,12 @@ def _slot_curve(groups: Sequence[_Page], n_positions: int, method: str, slot_of:
 def estimate_randomized(groups: Sequence[_Page], n_positions: int = 10) -> PropensityCurve:
     """From randomized pages only (`explore` set): slot = the rank the ranker gave the item.
 
-    Without ranked positions the page must have been shuffled as a whole: every item is one slot.
+    Without ranked positions the page must have been shuffled as a whole: every item is one slot, its own
+    (`"shuffled"`), never the slot of rank 0 of the pages that have ranked positions: their relevance differs.
     """
 
     def slot(g: _Page, i: int) -> Any:
-        return 0 if g.ranked_positions is None else int(g.ranked_positions[i])
+        return "shuffled" if g.ranked_positions is None else int(g.ranked_positions[i])
 
     return _slot_curve(groups, n_positions, "randomized", slot, lambda g: bool(g.explore))
 

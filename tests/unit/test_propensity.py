@@ -70,6 +70,33 @@ def test_randomized_pages_recover_the_curve() -> None:
     assert estimate_randomized(unmarked).n_pages == 0
 
 
+def test_shuffled_pages_without_ranks_mix_with_ranked_explored_pages() -> None:
+    # swapped pages carry each item's ranked position; pages shuffled as a whole may not: those items are
+    # one slot of their own, not rank 0's (whose items are far more relevant than a random one)
+    rng = np.random.default_rng(0)
+    relevance = np.linspace(0.9, 0.1, 10)  # by the ranker's rank
+
+    def page(i: int, ranked: bool) -> QueryGroup:
+        shown = np.arange(10)
+        if ranked:
+            for p in range(0, 9, 2):
+                if rng.random() < 0.5:
+                    shown[p], shown[p + 1] = shown[p + 1], shown[p]
+            if rng.random() < 0.5:
+                shown = np.r_[shown[0], shown[1:9][[1, 0, 3, 2, 5, 4, 7, 6]], shown[9]]
+        else:
+            shown = rng.permutation(10)
+        pos = np.empty(10, dtype=int)
+        pos[shown] = np.arange(10)  # pos[r]: where the item of rank r was shown
+        clicks = rng.random(10) < np.asarray(TRUE)[pos] * relevance
+        ids = tuple(f"p{i}-{r}" for r in range(10))
+        return QueryGroup(f"r{i}", "q", T0, ids, ids, tuple(int(c) for c in clicks), tuple(int(p) for p in pos),
+                          "swap" if ranked else "shuffle", tuple(range(10)) if ranked else None)
+
+    mixed = [page(i, True) for i in range(6000)] + [page(6000 + i, False) for i in range(6000)]
+    assert max_relative_error(estimate_randomized(mixed).values, TRUE) < 0.15
+
+
 def test_harvesting_needs_no_intervention_but_varied_rankers() -> None:
     curve = estimate_harvested(_logs(10_000, 0.7, explore=0.0, noisy_ranker=True))
     assert max_relative_error(curve.values, power_curve(0.7, 10).values) < 0.2
