@@ -37,7 +37,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is a `UsageError` (one line, exit 2), not usage text and `sys.exit`."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")  # printed after "ranktune: ", once
 
 
 def _log_level(text: str) -> str:

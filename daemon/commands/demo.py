@@ -44,8 +44,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from daemon.tools.demo import run_demo
     from daemon.tools.demo_config import DemoConfig
 
-    cfg = DemoConfig(out=args.out, duration_s=args.duration, seed=args.seed, n_events=args.events,
-                     events_per_s=args.rate, drift_at=args.drift_at, closed_loop=not args.open_loop)
+    try:
+        cfg = DemoConfig(out=args.out, duration_s=args.duration, seed=args.seed, n_events=args.events,
+                         events_per_s=args.rate, drift_at=args.drift_at, closed_loop=not args.open_loop)
+    except ValueError as exc:  # before the broker, the model or any role starts
+        raise UsageError(f"demo: {exc}") from None
     stop = threading.Event()
     try:
         run_demo(cfg, settings, stop=stop, live=not args.no_live)

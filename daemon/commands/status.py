@@ -14,8 +14,15 @@ from daemon.status import status_document
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="Champion, candidates, last training runs, drift and ingestion counters.")
     p.add_argument("--json", action="store_true", help="Machine-readable output.")
-    p.add_argument("--runs", type=int, default=5, help="How many recent training runs to show.")
+    p.add_argument("--runs", type=_runs, default=5, help="How many recent training runs to show (0 to 1000).")
     p.set_defaults(handler=run)
+
+
+def _runs(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 1000:
+        raise argparse.ArgumentTypeError(f"{n} is not within 0 to 1000")
+    return n
 
 
 def collect(settings: Settings, runs: int = 5) -> dict[str, Any]:

@@ -45,6 +45,14 @@ class DemoConfig:
     # fixed lexical ranker orders the pages, the open-loop traffic of the end-to-end test)
     closed_loop: bool = True
 
+    def __post_init__(self) -> None:
+        """Refuse bad values before anything starts (ValueError): the simulator's, and the demo's own."""
+        if not self.duration_s > 0:
+            raise ValueError("duration must be > 0 seconds")
+        if not self.eval_every_s > 0:
+            raise ValueError("eval_every_s must be > 0")
+        self.sim()
+
     def sim(self) -> SimConfig:
         """The simulated shop (its traffic and its ground-truth judgements) this demo produces."""
         return SimConfig(seed=self.seed, n_items=self.n_items, n_events=self.n_events, drift_at=self.drift_at,

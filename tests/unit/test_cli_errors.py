@@ -184,8 +184,14 @@ def test_errors_under_json_are_json_and_printed_once(cli: Any, tmp_path: Path) -
 
 
 def test_usage_errors_are_one_line_with_exit_2(cli: Any) -> None:
-    for argv in (("frobnicate",), (), ("adapters",), ("simulate", "--events", "-3"), ("status", "--runs", "x")):
+    for argv in (("frobnicate",), (), ("adapters",), ("simulate", "--events", "-3"), ("status", "--runs", "x"),
+                 ("status", "--runs", "-1"), ("status", "--runs", "99999999999999999999999"),
+                 ("--log-level", "bogus", "status"),
+                 # refused before the broker, the model or any role starts
+                 ("demo", "--rate", "0", "--no-live"), ("demo", "--duration", "0", "--no-live"),
+                 ("demo", "--drift-at", "2", "--no-live")):
         r = cli(*argv)
-        assert r.code == 2 and len(r.err_lines) == 1 and r.err.startswith("ranktune"), (argv, r.err)
+        assert r.code == 2 and len(r.err_lines) == 1 and r.err.startswith("ranktune: "), (argv, r.err)
+        assert "ranktune: ranktune" not in r.err, r.err  # the prefix once
     r = _subprocess("bench", "nonsense")
     assert r.code == 2 and len(r.err_lines) == 1 and "Traceback" not in r.err
