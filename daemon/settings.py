@@ -143,7 +143,8 @@ class Settings(BaseSettings):
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
         """Build the settings once, at the edge; raise `ConfigError` naming the bad variable."""
         if config_file is not None and not config_file.is_file():
-            raise ConfigError(f"config file {config_file} does not exist")
+            what = "is not a regular file" if config_file.exists() else "does not exist"
+            raise ConfigError(f"config file {config_file} {what}")
         _TOML_FILE["path"] = config_file
         try:
             return cls(**overrides)

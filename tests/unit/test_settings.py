@@ -154,6 +154,8 @@ def test_toml_errors_name_the_file_or_the_key(tmp_path: Path) -> None:
         Settings.load(typo)
     with pytest.raises(ConfigError, match="does not exist"):
         Settings.load(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        Settings.load(tmp_path)
 
 
 def test_a_misspelled_variable_is_ignored_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
