@@ -132,15 +132,19 @@ def promote(*, session: Session, version: str, actor: str, reason: str | None = 
                  reason=reason)
 
 
-def rollback(*, session: Session, actor: str, reason: str | None = None, expected: str | None = None) -> AuditLog:
+def rollback(*, session: Session, actor: str, reason: str | None = None, expected: str | None = None,
+             to: str | None = None) -> AuditLog:
     """Go back to the previous champion; `previous` then points at the one before it in history.
 
-    With `expected`, only if the champion is still `expected` (else ChampionChanged, nothing written).
+    With `expected`, only if the champion is still `expected`; with `to`, only if the previous champion is
+    still `to` (the target the caller checked): else ChampionChanged, nothing written.
     """
     current = _lock_champion(session, expected)
     target = get_alias(session=session, name=PREVIOUS)
     if target is None:
         raise InvalidTransition("there is no previous champion to roll back to")
+    if to is not None and target != to:
+        raise ChampionChanged(f"the previous champion changed to {target} (expected {to}): try again")
     _set_status(session, current, "retired")
     _set_status(session, target, "champion")
     _set_alias(session, CHAMPION, target)

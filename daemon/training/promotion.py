@@ -93,7 +93,8 @@ def rollback(*, engine: Engine, actor: str, reason: str | None = None, expected:
             raise InvalidTransition("there is no previous champion to roll back to")
         _verify(s, artifacts_dir, target, base_model)
     with write_scope(engine) as s:
-        row = registry.rollback(session=s, actor=actor, reason=reason, expected=expected)
+        # the target checked above, or nothing: a promotion in between changes what `previous` names
+        row = registry.rollback(session=s, actor=actor, reason=reason, expected=expected, to=target)
         result = ("rollback", row.from_version or registry.BASE, row.to_version or registry.BASE, row.id)
     return _announce(*result, publish=publish)
 

@@ -12,7 +12,7 @@ from sqlalchemy import insert, inspect, text
 
 from storage import events_repo, registry
 from storage.db import ensure_schema, head_revision, make_engine, session_scope, upgrade
-from storage.errors import InvalidTransition, SchemaOutdated, VersionNotFound
+from storage.errors import ChampionChanged, InvalidTransition, SchemaOutdated, VersionNotFound
 from storage.models import AdapterVersion, FeedbackEvent
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -158,9 +158,12 @@ def test_registry_promote_and_rollback_follow_history(engine):
         registry.promote(session=s, version="v0001", actor="gate")
         registry.promote(session=s, version="v0002", actor="alice", reason="better")
         registry.promote(session=s, version="v0003", actor="alice")
+    # a rollback to a target that is no longer `previous` writes nothing
+    with pytest.raises(ChampionChanged, match="v0002"), session_scope(engine) as s:
+        registry.rollback(session=s, actor="bob", to="v0001")
     with session_scope(engine) as s:
         assert registry.champion(session=s) == "v0003"
-        row = registry.rollback(session=s, actor="bob", reason="bad")
+        row = registry.rollback(session=s, actor="bob", reason="bad", to="v0002")
         assert (row.from_version, row.to_version) == ("v0003", "v0002")
     with session_scope(engine) as s:
         registry.rollback(session=s, actor="bob")
