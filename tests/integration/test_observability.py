@@ -120,7 +120,7 @@ def test_every_role_exports_what_the_alerts_and_the_dashboard_use(broker: Embedd
         assert dashboard <= exported, sorted(dashboard - exported)
 
         ops_ready, api_ready = (httpx.get(f"{u}/readyz", timeout=5).json() for u in (app.ops.url, api))
-        workers = {"ingest", "scheduler", "training", "scorer", "reconciler", "control"}
+        workers = {"ingest", "scheduler", "training", "scorer", "reconciler", "control", "http"}
         assert set(ops_ready["workers"]) == set(api_ready["workers"]) == workers
         assert ops_ready["adapter_version"] == api_ready["adapter_version"] == "base"
         assert ops_ready["control"] in ("connecting", "listening")
