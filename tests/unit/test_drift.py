@@ -137,22 +137,28 @@ def test_drift_job_requests_a_retrain_only_when_fired(engine: Engine, drifted: b
     assert ("retrain requested: cooldown" in row.reasons) is drifted
 
 
-def test_adapter_champion_is_judged_against_its_training_window(engine: Engine) -> None:
+def _adapter_champion(engine: Engine, metrics: dict[str, Any]) -> tuple[list[SimRecord], datetime]:
+    """Three windows of traffic stored, and a champion v0001 trained on the first two (with `metrics`);
+    returns the records and the training run's data cutoff."""
     from storage.models import AdapterVersion
 
     records = traffic(7, 3 * WINDOW)
     feedback_at = [i for i, r in enumerate(records) if r.kind == "feedback"]
     store(engine, records)
-    cutoff = T0 + timedelta(milliseconds=feedback_at[2 * WINDOW - 1])  # trained on the first 2 windows
+    cutoff = T0 + timedelta(milliseconds=feedback_at[2 * WINDOW - 1])
     with session_scope(engine) as s:
         run = registry.start_run(session=s, trigger="schedule")
         assert run.id is not None
         registry.finish_run(session=s, run_id=run.id, status="succeeded", data_cutoff=cutoff)
         registry.add_version(session=s, version=AdapterVersion(
             version="v0001", base_model="m", quantization="none", status="candidate", artifact_path="x",
-            checksum="0", training_run_id=run.id, created_at=T0,
-            metrics={"candidate": {"holdout": {"ndcg10": 0.99, "n_groups": 50}}}))
+            checksum="0", training_run_id=run.id, created_at=T0, metrics=metrics))
         registry.promote(session=s, version="v0001", actor="test")
+    return records, cutoff
+
+
+def test_adapter_champion_is_judged_against_its_training_window(engine: Engine) -> None:
+    _adapter_champion(engine, {"candidate": {"holdout": {"ndcg10": 0.99, "n_groups": 50}}})
     report = DriftMonitor(settings(), engine, lexical_score).check()
     assert (report.champion_version, report.n_reference, report.n_recent) == ("v0001", WINDOW, WINDOW)
     assert report.reference_ndcg == pytest.approx(0.99)
@@ -184,23 +190,11 @@ def test_null_floor_covers_page_clustered_noise() -> None:
 def test_a_debiased_holdout_is_compared_with_recent_pages_under_the_same_curve(engine: Engine) -> None:
     from adapters import dataset
     from adapters.ranking_metrics import evaluate_groups
-    from storage.models import AdapterVersion
 
-    records = traffic(7, 3 * WINDOW)
-    feedback_at = [i for i, r in enumerate(records) if r.kind == "feedback"]
-    store(engine, records)
-    cutoff = T0 + timedelta(milliseconds=feedback_at[2 * WINDOW - 1])
     curve = [1 / (k + 1) for k in range(20)]
+    records, cutoff = _adapter_champion(engine, {"candidate": {"holdout": {"ndcg10": 0.5, "n_groups": 50}},
+                                                 "propensity": {"estimated": curve, "used": True}})
     with session_scope(engine) as s:
-        run = registry.start_run(session=s, trigger="schedule")
-        assert run.id is not None
-        registry.finish_run(session=s, run_id=run.id, status="succeeded", data_cutoff=cutoff)
-        registry.add_version(session=s, version=AdapterVersion(
-            version="v0001", base_model="m", quantization="none", status="candidate", artifact_path="x",
-            checksum="0", training_run_id=run.id, created_at=T0,
-            metrics={"candidate": {"holdout": {"ndcg10": 0.5, "n_groups": 50}},
-                     "propensity": {"estimated": curve, "used": True}}))
-        registry.promote(session=s, version="v0001", actor="test")
         ref = events_repo.recent_feedback(session=s, limit=WINDOW, until=cutoff)
         recent = [e.model_dump() for e in
                   events_repo.recent_feedback(session=s, limit=WINDOW, since=ref[-1].ingested_at)]
