@@ -39,6 +39,8 @@ Sent = tuple[Rejection, Any]
 
 MAX_REQUEST_BYTES = 1_048_576  # kafka-python's (and Kafka's) default request/message limit
 _VALUE_LIMIT = MAX_REQUEST_BYTES - 16 * 1024  # room for key, headers and framing
+_KEY_LIMIT = 8 * 1024  # a longer source key is cut (header key_truncated), so value + key + headers fit
+_MESSAGE_LIMIT = 1024  # characters of the reason's message kept in its header
 
 
 PERSONAL_FIELDS = ("user_id", "session_id")
@@ -49,22 +51,21 @@ _PERSONAL_RE = re.compile(rb'"(user_id|session_id)"(\s*:\s*)("(?:[^"\\]|\\.)*"?|
 def redact_personal(value: bytes | None, pseudonymize: Pseudonymizer) -> tuple[bytes | None, list[str]]:
     """`value` with every `user_id`/`session_id` value replaced by its pseudonym, and the fields replaced.
 
-    A JSON object is decoded, changed and encoded again (compact, UTF-8); other bytes are searched for
-    `"user_id": value` pairs, which are replaced in place. Bytes without personal fields come back as
-    they are."""
+    A JSON object or array is decoded, changed at any depth and encoded again (compact, UTF-8); other
+    bytes are searched for `"user_id": value` pairs, which are replaced in place. Bytes without personal
+    fields come back as they are."""
     if value is None or (b"user_id" not in value and b"session_id" not in value):
         return value, []
     try:
         body = json.loads(value)
     except Exception:  # not JSON (cut off, bad UTF-8, nested too deep): redact the raw pairs
         body = None
-    if isinstance(body, dict):
-        found = [f for f in PERSONAL_FIELDS if f in body]
-        if not found:
+    if isinstance(body, dict | list):
+        seen: set[str] = set()
+        _redact_tree(body, pseudonymize, seen)
+        if not seen:
             return value, []
-        for f in found:
-            raw = body[f]
-            body[f] = pseudonymize(f, _text(raw if isinstance(raw, str) else json.dumps(raw)))
+        found = [f for f in PERSONAL_FIELDS if f in seen]
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"), found
     fields: list[str] = []
 
@@ -83,6 +84,22 @@ def redact_personal(value: bytes | None, pseudonymize: Pseudonymizer) -> tuple[b
     return out, sorted(set(fields))
 
 
+def _redact_tree(node: Any, pseudonymize: Pseudonymizer, seen: set[str]) -> None:
+    """Replace, in place, every personal field's value in the objects of `node` at any depth."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for f in PERSONAL_FIELDS:
+                if f in item:
+                    raw = item[f]
+                    item[f] = pseudonymize(f, _text(raw if isinstance(raw, str) else json.dumps(raw)))
+                    seen.add(f)
+            stack.extend(v for k, v in item.items() if k not in PERSONAL_FIELDS and isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+
+
 def _text(value: str) -> str:
     """`value` as valid UTF-8 text (JSON may carry lone surrogates); unchanged for any valid string."""
     return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
@@ -94,7 +111,7 @@ def headers_for(rej: Rejection, *, truncated_from: int | None = None) -> list[tu
         ("source_partition", str(rej.partition).encode()),
         ("source_offset", str(rej.offset).encode()),
         ("reason", rej.reason.encode()),
-        ("message", rej.message.encode("utf-8", "replace")),
+        ("message", rej.message[:_MESSAGE_LIMIT].encode("utf-8", "replace")),
         ("ts", datetime.now(UTC).isoformat().encode()),
     ]
     if truncated_from is not None:
@@ -131,10 +148,14 @@ class DeadLetterPublisher:
             if value is not None and len(value) > _VALUE_LIMIT:
                 truncated, value = len(value), value[:_VALUE_LIMIT]
             headers = headers_for(rej, truncated_from=truncated)
+            key = rej.key
+            if key is not None and len(key) > _KEY_LIMIT:  # else key + value could pass the request limit
+                headers.append(("key_truncated", str(len(key)).encode()))
+                key = key[:_KEY_LIMIT]
             if redacted:
                 headers.append(("redacted", ",".join(redacted).encode()))
             try:
-                fut = self._producer.send(self.topic, value=value, key=rej.key, headers=headers)
+                fut = self._producer.send(self.topic, value=value, key=key, headers=headers)
             except KafkaTimeoutError as exc:  # no metadata for the topic: the broker is away, try later
                 sent.extend((r, exc) for r in rejects[i:])
                 break

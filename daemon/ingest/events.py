@@ -324,10 +324,11 @@ def _feedback_row(event: _FeedbackWire | FeedbackIn, ts: datetime, topic: str, p
     return row
 
 
-def future_limit(config: ParseConfig, timestamps_ms: Iterable[int], now: float) -> datetime:
-    """The latest `ts` that no record with one of `timestamps_ms` (negative: none) can refuse as future_ts:
-    a batch computes it once and passes it to `parse_record` as `not_after`."""
-    known = [t for t in timestamps_ms if t >= 0]
+def future_limit(config: ParseConfig, timestamps_ms: Iterable[int | None], now: float) -> datetime:
+    """The latest `ts` that no record with one of `timestamps_ms` (None or negative: none, as kafka-python
+    gives for message format v0) can refuse as future_ts: a batch computes it once and passes it to
+    `parse_record` as `not_after`."""
+    known = [t for t in timestamps_ms if t is not None and t >= 0]
     reference = min(now, min(known) / 1000) if known else now
     return datetime.fromtimestamp(reference + config.max_future_skew_s, UTC)
 

@@ -233,6 +233,29 @@ def test_database_outage_pauses_without_committing_and_loses_nothing(broker, eng
 
 
 @pytest.mark.timeout(120)
+def test_an_oversized_key_is_cut_so_its_dead_letter_fits_the_request_limit(broker, tmp_path, ingest_case):
+    """A source record whose key and value together pass the 1 MiB request limit (a compressed batch, or a
+    topic with a bigger limit, lets one in) is still dead-lettered: before, its key was sent whole, the
+    broker refused the send for good, and ingest stopped on that record at every restart."""
+    from daemon.ingest.deadletter import DeadLetterPublisher
+    from daemon.ingest.events import Rejection
+
+    case = ingest_case(broker.bootstrap, f"sqlite:///{tmp_path / 'key.db'}")
+    case.create_topics()
+    publisher = DeadLetterPublisher(case.settings)
+    try:
+        retry, dropped = publisher.publish(
+            [Rejection("fb", 0, 7, b"k" * 1_200_000, b"x" * 1_100_000, "not_json", "m" * 5000)])
+    finally:
+        publisher.close()
+    assert retry == [] and dropped == []
+    [rec] = case.topic_records(case.settings.kafka.deadletter_topic, 1)
+    headers = dict(rec.headers)
+    assert headers["key_truncated"] == b"1200000" and headers["truncated"] == b"1100000"
+    assert rec.key == b"k" * 8192 and headers["message"] == b"m" * 1024
+    assert headers["reason"] == b"not_json" and headers["source_offset"] == b"7"
+
+
 def test_a_dead_letter_refused_for_good_stops_ingest_without_committing(broker, tmp_path, ingest_case, monkeypatch):
     """#14: a non-retriable dead-letter error must not let the batch commit (the record would be lost)."""
     from kafka.errors import TopicAuthorizationFailedError

@@ -56,6 +56,20 @@ def test_cut_off_or_non_utf8_bytes_are_redacted_in_place() -> None:
     assert value is not None and b"12345" not in value
 
 
+def test_nested_ids_and_arrays_of_events_are_redacted_at_any_depth() -> None:
+    user_hash, session_hash = _stored_hashes(FEEDBACK)
+    nested = {"meta": {"user_id": "u-7", "list": [{"session_id": "s-77"}]}, "query": "red shoe"}
+    value, fields = redact_personal(json.dumps(nested).encode(), KEY)
+    assert fields == ["user_id", "session_id"] and value is not None
+    assert json.loads(value) == {"meta": {"user_id": user_hash, "list": [{"session_id": session_hash}]},
+                                 "query": "red shoe"}
+    value, fields = redact_personal(json.dumps([FEEDBACK, {"user_id": "u-7"}]).encode(), KEY)
+    assert fields == ["user_id", "session_id"] and value is not None
+    body = json.loads(value)
+    assert body[0]["user_id"] == body[1]["user_id"] == user_hash and body[0]["session_id"] == session_hash
+    assert b"u-7" not in value and b"s-77" not in value
+
+
 def test_bytes_without_personal_fields_are_unchanged() -> None:
     for raw in (b'{"a": 1,  "b": "x"}', b"\xff\xfe", b"", None, b'{"user":"u-7"}'):
         assert redact_personal(raw, KEY) == (raw, [])

@@ -108,10 +108,10 @@ def test_the_audits_poison_timestamps_are_rejected_by_the_same_check(engine: Eng
 
 
 @FUZZ
-@given(ts=aware, batch=st.lists(st.integers(-1, 2**42), min_size=1, max_size=5), pick=st.integers(0, 4),
+@given(ts=aware, batch=st.lists(st.none() | st.integers(-1, 2**42), min_size=1, max_size=5), pick=st.integers(0, 4),
        skew=st.floats(0, 86400 * 30))
-def test_the_batch_fast_path_decides_exactly_as_the_exact_check(ts: datetime, batch: list[int], pick: int,
-                                                               skew: float) -> None:
+def test_the_batch_fast_path_decides_exactly_as_the_exact_check(ts: datetime, batch: list[int | None], pick: int,
+                                                               skew: float) -> None:  # None: format v0
     config = ParseConfig("fb", "cat", 4096, max_future_skew_s=skew)
     value = json.dumps(FEEDBACK | {"ts": ts.isoformat()}).encode()
     record_ms = batch[pick % len(batch)]
