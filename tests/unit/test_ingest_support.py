@@ -102,6 +102,24 @@ def test_a_row_the_database_refuses_comes_back_as_store_failed_and_the_rest_is_s
     assert (again.stored, again.duplicates, len(again.refused)) == (0, 4, 1)
 
 
+def test_bad_rows_in_a_big_batch_are_found_by_halving_not_one_transaction_per_event(engine, monkeypatch):
+    import daemon.ingest.writer as writer
+
+    value = b'{"event_id": "h-%d", "ts": "2026-11-01T12:00:00Z", "query": "q", "item_id": "i", "action": "click"}'
+    batch: list[Parsed] = []
+    for i in range(1000):
+        p = parse_record("fb", 0, i, None, value % i, config=CFG, pseudonymize=Pseudonymizer(None))
+        assert isinstance(p, Parsed)
+        batch.append(p if i not in (17, 600) else p._replace(row=p.row | {"query": None}))
+    calls: list[int] = []
+    real = writer._store
+    monkeypatch.setattr(writer, "_store", lambda e, rows: calls.append(len(rows)) or real(e, rows))
+    out = write_batch(engine, batch)
+    assert (out.stored, out.duplicates) == (998, 0)
+    assert [(r.offset, r.reason) for r in out.refused] == [(17, "store_failed"), (600, "store_failed")]
+    assert len(calls) <= 1 + 2 * 2 * 10, calls  # 2 bad rows, log2(1000) ~ 10 levels: not 1,000 transactions
+
+
 def test_dead_letter_headers_name_the_source_and_reason():
     rej = Rejection("fb", 1, 42, b"k", b"{bad", "not_json", "expected value")
     headers = dict(headers_for(rej))
