@@ -228,7 +228,9 @@ class Scorer:
     def swap_to(self, version: str) -> SwapResult:
         """Serve `version` (`base` = no adapter) from the next round on; raise SwapRefused if it cannot.
 
-        Loading and checksum verification run here, in the caller's thread; one swap at a time.
+        Loading and checksum verification run here, in the caller's thread; one swap at a time. A swap that
+        the worker has not taken up within `swap_timeout_s` is withdrawn (ScorerUnavailable): it never
+        applies later.
         """
         with self._swap_lock:
             t0 = time.monotonic()
@@ -252,13 +254,18 @@ class Scorer:
                 self._swaps.append(job)
                 self._cond.notify()
             try:
-                job.future.result(self.swap_timeout_s)
+                try:
+                    job.future.result(self.swap_timeout_s)
+                except TimeoutError:
+                    # Still queued: withdraw it, or it would apply later, after the caller was told it failed
+                    # and perhaps after a newer swap (a reconcile back to the champion would find nothing to do).
+                    if job.future.cancel():
+                        raise ScorerUnavailable(f"swap to {version} not done within {self.swap_timeout_s}s; "
+                                                "withdrawn, still serving " + self.version) from None
+                    job.future.result()  # the worker took it up just now: it ends between two batches
             except SwapRefused as exc:
                 self._refused(version, exc)
                 raise
-            except TimeoutError:
-                # still queued: it will apply when the worker gets to it
-                raise ScorerUnavailable(f"swap to {version} not done within {self.swap_timeout_s}s") from None
             seconds = time.monotonic() - t0
             self.metrics.swaps.labels(outcome="ok").inc()
             self.metrics.swap_duration.observe(seconds)

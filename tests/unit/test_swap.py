@@ -135,6 +135,36 @@ def test_reconciler_heals_a_missed_notice(scorer: Scorer, sqlite_engine: Engine,
     assert scorer.version == v1
 
 
+def test_a_swap_that_times_out_is_withdrawn_and_never_applies_later(
+        serving_ranker: Any, sqlite_engine: Engine, make_versions: Callable[..., list[str]], artifacts_dir: Path,
+) -> None:
+    (v1,) = make_versions(sqlite_engine, 1)
+    s = Scorer(serving_ranker, loader=registered_loader(sqlite_engine, artifacts_dir), swap_timeout_s=0.3)
+    s.start()
+    s.mark_ready()
+    gate = threading.Event()
+    original = serving_ranker.score_pairs
+
+    def slow(pairs: Any, **kw: Any) -> Any:
+        gate.wait(10)
+        return original(pairs, **kw)
+
+    try:
+        serving_ranker.score_pairs = slow  # the worker is held in a round when the swap is queued
+        held = s.submit([(QUERY, TEXTS[0])])
+        with pytest.raises(ScorerUnavailable, match="withdrawn, still serving base"):
+            s.swap_to(v1)
+        gate.set()
+        assert held.result(30).version == BASE
+        after = s.submit([(QUERY, TEXTS[0])]).result(30)
+        assert after.version == BASE == s.version  # the timed-out swap did not apply behind the caller's back
+        assert s.swap_to(v1).changed and s.version == v1  # and a later swap still works
+    finally:
+        gate.set()
+        del serving_ranker.score_pairs
+        s.stop()
+
+
 def test_overloaded_and_not_ready(serving_ranker: Any, sqlite_engine: Engine, artifacts_dir: Path) -> None:
     s = Scorer(serving_ranker, loader=registered_loader(sqlite_engine, artifacts_dir), queue_size=2)
     with pytest.raises(ScorerUnavailable):
