@@ -269,6 +269,18 @@ def load_base(spec: ModelSpec) -> LoadedBase:
     return loaded
 
 
+def _int8_parts(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(CB, SCB) of a Linear8bitLt: on its weight until the first forward, then on `module.state`
+    (bitsandbytes moves them there); None when it holds neither. A peft LoRA wrapper is read through its
+    `base_layer`."""
+    layer = getattr(module, "base_layer", module)
+    for holder in (layer.weight, getattr(layer, "state", None)):
+        cb, scb = getattr(holder, "CB", None), getattr(holder, "SCB", None)
+        if cb is not None and scb is not None:
+            return cb, scb
+    return None
+
+
 def dequantized_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """fp32 CPU copies of every bitsandbytes-quantized Linear weight of `model`, keyed by module name.
 
@@ -285,8 +297,10 @@ def dequantized_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         w = module.weight
         if type(module).__name__ == "Linear4bit":
             dense = bnbf.dequantize_4bit(w.data, w.quant_state)
-        elif getattr(w, "CB", None) is not None and getattr(w, "SCB", None) is not None:
-            dense = bnbf.int8_vectorwise_dequant(w.CB, w.SCB)
+        elif (scaled := _int8_parts(module)) is not None:
+            dense = bnbf.int8_vectorwise_dequant(*scaled)
+        elif w.data.dtype == torch.int8:  # never read raw int8 codes as weights
+            raise RuntimeError(f"{name}: int8 weights without their scales (CB/SCB) cannot be dequantized")
         else:  # int8 weights not yet quantized (never run) still hold their fp16/fp32 values
             dense = w.data
         key = name[: -len(".base_layer")] if name.endswith(".base_layer") else name

@@ -35,6 +35,10 @@ def config_from_dict(d: dict[str, Any]) -> LoraConfig:
     clean.pop("base_model_name_or_path", None)  # provenance only; peft would look for a folder there
     clean.pop(SCORING_KEY, None)  # ranktune's own; checked by Ranker.add_adapter
     clean["inference_mode"] = True
+    # Stored weights replace whatever LoRA starts from; an initialisation that rewrites the base's own
+    # weights (pissa, olora, loftq, ...) would change the frozen base shared by every version.
+    clean["init_lora_weights"] = True
+    clean.pop("loftq_config", None)
     try:
         return LoraConfig(**clean)
     except (TypeError, ValueError) as exc:

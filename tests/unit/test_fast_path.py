@@ -59,6 +59,29 @@ def test_pair_encoder_equals_the_tokenizer_and_caches_texts(nf4: Any) -> None:
     assert batch["input_ids"].shape == (len(PAIRS), 24) and int(batch["attention_mask"][1].sum()) < 24
 
 
+def test_pair_encoder_equals_the_tokenizer_on_long_pairs_of_every_length_mix() -> None:
+    # Longest-first truncation of a pair depends on both full lengths; a cache of cut texts alone got
+    # pairs with both sides long one token off.
+    import random
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_base_model(), local_files_only=True)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "waterproof", "boots", "lamp", "brass", "desk", "cotton",
+             "dress"]
+    rnd = random.Random(0)
+    for max_len in (16, 33, 128):
+        enc = PairEncoder(tok, max_seq_len=max_len)
+        qs = [" ".join(rnd.choice(words) for _ in range(rnd.randint(0, 150))) for _ in range(200)]
+        ts = [" ".join(rnd.choice(words) for _ in range(rnd.randint(0, 150))) for _ in range(200)]
+        want = tok(qs, ts, truncation=True, max_length=max_len)
+        for _ in range(2):  # cold cache, then warm
+            got = enc.encode(qs, ts)
+            assert [ids for ids, _ in got] == want["input_ids"], max_len
+            assert [types for _, types in got] == want["token_type_ids"], max_len
+        assert [ids for ids, _ in enc.encode(ts)] == tok(ts, truncation=True, max_length=max_len)["input_ids"]
+
+
 def test_merged_fp32_scores_like_the_quantized_path(nf4: Any, fast_bases: dict[str, FastBase]) -> None:
     ranker, state, cfg = nf4
     fb = fast_bases["merged-fp32"]
@@ -118,10 +141,29 @@ def test_broken_version_is_refused_by_its_probe(nf4: Any, fast_bases: dict[str, 
     bad = {k: (torch.full_like(v, float("nan")) if "classifier" in k else v) for k, v in state.items()}
     with pytest.raises(SwapRefused, match="non-finite"):
         fb.build("v0009", bad, cfg).probe(PAIRS)
-    with pytest.raises(SwapRefused, match="no place"):
+    with pytest.raises(SwapRefused, match=r"unexpected \['base_model.model.nowhere.weight'\]"):
         fb.build("v0009", {**state, "base_model.model.nowhere.weight": torch.zeros(1)}, cfg)
+    # what the quantized path refuses (Ranker.add_adapter) the fast path refuses too: a merge would serve
+    # the template's own values for a missing layer or head
+    with pytest.raises(SwapRefused, match="missing"):
+        fb.build("v0009", {k: v for k, v in state.items() if "classifier" not in k and "layer.5." not in k}, cfg)
+    lora_a = next(k for k in state if k.endswith("lora_A.weight"))
+    with pytest.raises(SwapRefused, match="wrong shape"):
+        fb.build("v0009", {**state, lora_a: state[lora_a][:1]}, cfg)
     with pytest.raises(SwapRefused, match="trained on base"):
         fb.build("v0009", state, {**cfg, "base_model_name_or_path": "other@123"})
+
+
+@pytest.mark.slow
+def test_an_int8_ranker_that_has_scored_still_gives_the_fast_path_its_weights(load_ranker: Callable[..., Any]) -> None:
+    # bitsandbytes moves an int8 layer's codes and scales off the weight at its first forward; the fast path
+    # read the raw codes as weights then, and served a base whose ranking was reversed
+    ranker = load_ranker("int8", fresh=True)
+    want = ranker.score_pairs(PAIRS, adapter=None)  # the first forward
+    spec = SPEC.model_copy(update={"quantization": "int8"})
+    got = FastBase(ranker, spec, "merged-fp32", batch_size=16).build("base", {}, {}).score_pairs(PAIRS)
+    assert np.abs(got - want).max() < 0.05 * (want.max() - want.min()), (got, want)
+    assert list(np.argsort(got)) == list(np.argsort(want))
 
 
 def test_serving_path_resolution() -> None:

@@ -130,3 +130,16 @@ def test_add_adapter_refuses_weights_that_do_not_fit(load_ranker: Callable[..., 
     assert "fit_rule" not in ranker.adapter_names
     ranker.add_adapter("fit_ok", state, cfg)
     assert "fit_ok" in ranker.adapter_names
+
+
+def test_a_stored_config_cannot_rewrite_the_shared_base(load_ranker: Callable[..., Any]) -> None:
+    # PiSSA-style initialisations rewrite the base layer's own weights when an adapter is added; a stored
+    # config asking for one must not change the frozen base every other version shares
+    ranker = load_ranker("none", fresh=True)
+    ranker.new_adapter("pissa_src")
+    state, cfg = ranker.adapter_state("pissa_src"), ranker.peft_config("pissa_src")
+    pairs = [("running shoes", "Lightweight mesh running shoe"), ("lamp", "Brass desk lamp")]
+    before = ranker.score_pairs(pairs, adapter=None)
+    ranker.add_adapter("pissa", state, {**cfg, "init_lora_weights": "pissa"})
+    ranker.delete_adapter("pissa")
+    np.testing.assert_array_equal(ranker.score_pairs(pairs, adapter=None), before)
