@@ -144,6 +144,49 @@ def write_patiently(engine: Engine, write: Callable[[Session], T], *, what: str,
             delay = min(2 * delay, max_delay_s)
 
 
+TRAINING_LOCK_KEY = 0x72616E6B74756E65 & 0x7FFFFFFFFFFFFFFF  # "ranktune": one advisory lock per database
+
+
+@contextmanager
+def exclusive_training(engine: Engine) -> Iterator[bool]:
+    """Hold the database's one training lock while the block runs; yields False (nothing held) when another
+    process holds it. Two trainings on one registry (a scheduler and an operator's `train --once`, or two
+    schedulers during a rolling deploy) would pick the same version name and one would be wasted.
+
+    PostgreSQL: a session-level advisory lock on a connection of its own (autocommit: no transaction stays
+    open), freed by the server if the process dies. SQLite: an exclusive `flock` on `<database>.train-lock`
+    beside the file, freed by the kernel if the process dies. An in-memory SQLite database has no other
+    process: always True."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            got = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({TRAINING_LOCK_KEY})").scalar())
+            try:
+                yield got
+            finally:
+                if got:
+                    try:
+                        conn.exec_driver_sql(f"SELECT pg_advisory_unlock({TRAINING_LOCK_KEY})")
+                    except DBAPIError:  # the link is gone: the server freed the lock with the session
+                        log.warning("could not release the training lock; the server frees it with the session")
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield True
+        return
+    import fcntl
+
+    with open(f"{database}.train-lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def alembic_config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -49,7 +49,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 bar.set_postfix(holdout_ndcg10=f"{msg['holdout_ndcg10']:.4f}")
             bar.refresh()
 
-    outcome = TrainerProcess(settings, engine).run("manual", on_progress=progress)
+    from daemon.lifecycle import install_signal_handlers
+
+    trainer = TrainerProcess(settings, engine)
+    # SIGTERM or a first Ctrl-C asks the child to stop at its next step (the run ends `cancelled`, nothing
+    # kept); a second Ctrl-C stops waiting: the child is killed after the grace period and the row closed
+    restore = install_signal_handlers(trainer.request_stop)
+    try:
+        outcome = trainer.run("manual", on_progress=progress)
+    finally:
+        restore()
     if bar is not None:
         bar.close()
     promoted = None

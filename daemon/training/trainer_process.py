@@ -42,7 +42,7 @@ from daemon.settings import Settings
 from daemon.training.cycle import child_main
 from daemon.training.messages import CycleOutcome, Progress, parse
 from storage import registry
-from storage.db import session_scope, write_patiently
+from storage.db import exclusive_training, session_scope, write_patiently
 from storage.errors import DatabaseUnavailable
 from storage.models import AdapterVersion, TrainingRun, as_utc, utcnow
 
@@ -73,23 +73,53 @@ class TrainerProcess:
 
     def run(self, trigger: str, *, on_progress: Callable[[dict[str, Any]], None] | None = None,
             grace_s: float | None = None) -> CycleOutcome:
-        """Run one cycle; blocks until the child is done. Never raises for a failed training."""
+        """Run one cycle; blocks until the child is done. Never raises for a failed training.
+
+        An exception in the caller's thread while it waits (a second Ctrl-C, a failing `on_progress`) stops
+        the child (grace period, then SIGKILL), settles the run row and is raised again: no child is left
+        training unattended and no row stays `running`. Another process training on this database
+        (`storage.db.exclusive_training`) makes this one a `skipped` run that starts no child."""
+        self._stop.clear()  # before the row exists: a stop asked from here on reaches this run
+        with exclusive_training(self._engine) as mine:
+            if mine:
+                return self._run(trigger, on_progress, grace_s)
+        reason = "another process is training on this database; this trigger is skipped"
+        with session_scope(self._engine) as s:
+            run = registry.start_run(session=s, trigger=trigger, status="skipped", reason=reason)
+            run_id = run.id
+        assert run_id is not None
+        log.warning("training run %d (%s) skipped: %s", run_id, trigger, reason)
+        return CycleOutcome(run_id=run_id, trigger=trigger, status="skipped", error=reason)
+
+    def _run(self, trigger: str, on_progress: Callable[[dict[str, Any]], None] | None,
+             grace_s: float | None) -> CycleOutcome:
         with session_scope(self._engine) as s:
             run = registry.start_run(session=s, trigger=trigger)
             run.metrics = {"owner": owner_tag()}  # lets the next start-up tell an interrupted run from a live one
             run_id = run.id
         assert run_id is not None
-        self._stop.clear()
         parent_conn, child_conn = _CTX.Pipe(duplex=False)
         proc = _CTX.Process(
             target=child_entry, name=f"ranktune-train-{run_id}",
             args=(self._target, os.getpid(), self._settings, run_id, trigger, self._stop, child_conn),
         )
         log.info("training run %d (%s) starting in a child process", run_id, trigger)
-        proc.start()
-        child_conn.close()
-        result = self._wait(proc, parent_conn, on_progress, self._settings.shutdown_grace_s if grace_s is None
-                            else grace_s)
+        grace = self._settings.shutdown_grace_s if grace_s is None else grace_s
+        try:
+            proc.start()
+            child_conn.close()
+            result = self._wait(proc, parent_conn, on_progress, grace)
+        except BaseException:
+            self._stop.set()
+            if proc.is_alive():
+                proc.join(grace)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+            parent_conn.close()
+            self._settle(CycleOutcome(run_id=run_id, trigger=trigger, status="cancelled",
+                                      error="the process waiting for it was interrupted; no version kept"))
+            raise
         parent_conn.close()
         if result is None:
             status, error = "failed", f"training process died with exit code {proc.exitcode} before reporting"
@@ -145,8 +175,8 @@ class TrainerProcess:
                             on_progress(msg.event)
                     else:
                         result = msg
-            except (EOFError, OSError):
-                pass  # the child closed its end: it is exiting
+            except (EOFError, OSError):  # the child closed its end: it is exiting; wait here, not in a spin
+                proc.join(0.2)
             except ValidationError as exc:  # a bug in the child; treated like a child that never reported
                 log.error("training child sent a malformed message: %s", exc)
             if not proc.is_alive():
@@ -155,12 +185,9 @@ class TrainerProcess:
             if self._stop.is_set():
                 stop_deadline = stop_deadline or time.monotonic() + grace_s
                 if time.monotonic() > stop_deadline:
-                    log.warning("training child did not stop within %.0fs: terminating it", grace_s)
-                    proc.terminate()
-                    proc.join(10)
-                    if proc.is_alive():
-                        proc.kill()
-                        proc.join()
+                    log.warning("training child did not stop within %.0fs: killing it", grace_s)
+                    proc.kill()  # it ignores SIGTERM (see child_main)
+                    proc.join()
                     return result
 
 

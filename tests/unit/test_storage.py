@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, inspect, text
 
 from storage import events_repo, registry
-from storage.db import ensure_schema, head_revision, make_engine, session_scope, upgrade
+from storage.db import ensure_schema, exclusive_training, head_revision, make_engine, session_scope, upgrade
 from storage.errors import ChampionChanged, InvalidTransition, SchemaOutdated, VersionNotFound
 from storage.models import AdapterVersion, FeedbackEvent
 
@@ -47,6 +47,19 @@ def test_outdated_schema_is_refused_with_the_fix(db_url):
         ensure_schema(eng)
     upgrade(eng)
     ensure_schema(eng)  # now current: no error
+
+
+def test_one_process_trains_on_a_database_at_a_time(engine, db_url):
+    other = make_engine(db_url)  # another process's engine: its own connections (PostgreSQL), its own file handle
+    try:
+        with exclusive_training(engine) as first:
+            assert first
+            with exclusive_training(other) as second:
+                assert not second
+        with exclusive_training(other) as after:
+            assert after  # released when the holder's block ended
+    finally:
+        other.dispose()
 
 
 def test_feedback_insert_is_idempotent(engine):

@@ -112,3 +112,47 @@ def test_only_runs_no_process_can_still_be_running_are_closed(db: tuple[str, Eng
         assert {r.id for r in registry.recent_runs(session=s, statuses=["running"])} == {
             ids["alive_here"], ids["elsewhere_recent"]}
         assert s.get(TrainingRun, done.id).status == "succeeded"  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.slow  # the child imports the training stack
+@pytest.mark.timeout(240)
+def test_an_exception_while_waiting_kills_the_child_and_closes_its_row(db: tuple[str, Engine, Settings]) -> None:
+    """A failing progress callback (or a second Ctrl-C) in the waiting thread: the child is stopped, then
+    killed after the grace period, the row is closed `cancelled`, and the exception reaches the caller."""
+    from daemon.training.trainer_process import TrainerProcess
+    from tests.unit.training_targets import report_then_sleep
+
+    _url, engine, settings = db
+
+    def on_progress(_event: dict[str, object]) -> None:
+        raise RuntimeError("the caller's progress callback failed")
+
+    with pytest.raises(RuntimeError, match="progress callback failed"):
+        TrainerProcess(settings, engine, target=report_then_sleep).run("manual", on_progress=on_progress, grace_s=1)
+    (pid_file,) = settings.storage.artifacts_dir.glob("child-*.pid")
+    assert not _running(int(pid_file.read_text()))
+    with session_scope(engine) as s:
+        (run,) = registry.recent_runs(session=s, limit=5)
+        assert run.status == "cancelled" and "interrupted" in (run.error or ""), run
+
+
+def test_a_trigger_while_another_process_trains_is_skipped_without_a_child(db: tuple[str, Engine, Settings]) -> None:
+    from daemon.training.trainer_process import TrainerProcess
+    from storage.db import exclusive_training
+    from tests.unit.training_targets import sleep_forever
+
+    url, engine, settings = db
+    holder = make_engine(url)  # the other process's engine
+    try:
+        with exclusive_training(holder) as held:
+            assert held
+            outcome = TrainerProcess(settings, engine, target=sleep_forever).run("manual")
+    finally:
+        holder.dispose()
+    assert outcome.status == "skipped" and "another process is training" in (outcome.error or "")
+    assert not list(settings.storage.artifacts_dir.glob("child-*.pid"))  # no child was started
+    with session_scope(engine) as s:
+        (run,) = registry.recent_runs(session=s, limit=5)
+        assert run.id == outcome.run_id and run.status == "skipped"
+

@@ -15,3 +15,13 @@ def sleep_forever(settings: Settings, run_id: int, trigger: str, stop: MpEvent, 
     (settings.storage.artifacts_dir / f"child-{run_id}.pid").write_text(str(os.getpid()))
     while True:
         time.sleep(0.5)
+
+
+def report_then_sleep(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
+    """Writes its pid, reports one progress event, then never ends by itself (ignoring the stop event)."""
+    from daemon.training.messages import Progress, report
+
+    (settings.storage.artifacts_dir / f"child-{run_id}.pid").write_text(str(os.getpid()))
+    report(conn, Progress(event={"event": "step", "step": 1, "total_steps": 10}))
+    while True:
+        time.sleep(0.5)
