@@ -280,7 +280,8 @@ class Application:
         self.metrics.set_drift_thresholds({
             "score_psi": d.psi_threshold, "term_js": d.term_js_threshold, "unseen_item_share": d.unseen_threshold,
             "unseen_term_share": d.unseen_threshold, "ndcg10_drop": d.ndcg_drop})
-        return DriftMonitor(self.settings, engine, score_pairs, on_report=self._observe_drift)
+        return DriftMonitor(self.settings, engine, score_pairs, on_report=self._observe_drift,
+                            served_version=lambda: scorer.version)
 
     def _observe_drift(self, report: DriftReport, floors: Mapping[str, float]) -> None:
         drop = None

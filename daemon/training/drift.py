@@ -89,10 +89,12 @@ class DriftMonitor:
     """
 
     def __init__(self, settings: Settings, engine: Engine, score_pairs: ScorePairs,
-                 text_of: TextOf | None = None, *, seed: int = 0, on_report: OnReport | None = None) -> None:
+                 text_of: TextOf | None = None, *, seed: int = 0, on_report: OnReport | None = None,
+                 served_version: Callable[[], str] | None = None) -> None:
         self._settings, self._engine, self._score_pairs, self._text_of = settings, engine, score_pairs, text_of
         self._seed = seed
         self._on_report = on_report
+        self._served_version = served_version
 
     def check(self) -> DriftReport:
         """Compute one report between the reference and the recent window, store it, and return it."""
@@ -114,11 +116,15 @@ class DriftMonitor:
         if len(rec) < need or len(ref) < need:
             short, n = ("recent", len(rec)) if len(rec) < need else ("reference", len(ref))
             report.reasons = [f"not enough {short} events ({n} < {need})"]
+        elif (served := self._other_version(champion)) is not None:
+            report.reasons = [served]
         else:
             check = _Check(s, ref, rec, text_of, self._score_pairs, holdout, self._seed)
             report.reasons = check.run(report)
             report.fired = bool(report.reasons)
             floors = check.floors
+            if (served := self._other_version(champion)) is not None:  # a swap while the check scored
+                report.reasons, report.fired, floors = [served], False, {}
         with session_scope(self._engine) as session:
             registry.add_drift_report(session=session, report=report)
         log.info("drift report %s: champion %s, %d/%d events, psi %s, js %s, unseen %s/%s, ndcg %s (ref %s)%s",
@@ -129,6 +135,14 @@ class DriftMonitor:
         if self._on_report is not None:
             self._on_report(report, floors)
         return report
+
+    def _other_version(self, champion: str) -> str | None:
+        """Why the check cannot judge `champion` now (the live scorer serves another version: a swap that is
+        late or was refused would compare its scores with the champion's holdout figure), else None."""
+        served = self._served_version() if self._served_version is not None else champion
+        if served == champion:
+            return None
+        return f"not judged: the scorer serves {served}, not the champion {champion} (a swap is pending)"
 
     def note_trigger(self, report: DriftReport, answer: str) -> DriftReport:
         """Append the retrain coordinator's answer (started, queued, cooldown, ...) to a stored report."""

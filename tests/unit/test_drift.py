@@ -102,6 +102,34 @@ def test_fires_after_the_drift_point_and_not_before(engine: Engine) -> None:
     assert after.unseen_term_share > before.unseen_term_share + 0.3
 
 
+def test_drift_is_not_judged_while_the_scorer_serves_another_version_than_the_champion(engine: Engine) -> None:
+    # drifted traffic that fires when the champion scores it; a scorer still on another version (a late or
+    # refused swap) must not be judged against the champion's figures
+    records = traffic(5, 3 * WINDOW, drift_at=2 / 3)
+    store(engine, records)
+    calls: list[int] = []
+    served = ["v0009"]
+
+    def counting_score(pairs: Sequence[tuple[str, str]]) -> list[float]:
+        calls.append(len(pairs))
+        return lexical_score(pairs)
+
+    monitor = DriftMonitor(settings(), engine, counting_score, served_version=lambda: served[0])
+    report = monitor.check()
+    assert not report.fired and calls == []
+    assert report.reasons == ["not judged: the scorer serves v0009, not the champion base (a swap is pending)"]
+    served[0] = registry.BASE
+    assert monitor.check().fired and calls  # the same windows, judged once the scorer serves the champion
+
+    def swapping_score(pairs: Sequence[tuple[str, str]]) -> list[float]:
+        served[0] = "v0010"  # a swap lands while the check scores
+        return lexical_score(pairs)
+
+    served[0] = registry.BASE
+    late = DriftMonitor(settings(), engine, swapping_score, served_version=lambda: served[0]).check()
+    assert not late.fired and late.reasons[0].startswith("not judged: the scorer serves v0010")
+
+
 def test_not_enough_recent_events_is_reported_not_fired(engine: Engine) -> None:
     records = traffic(4, WINDOW + 100)
     store(engine, records)
