@@ -281,7 +281,8 @@ class FastBase:
         expected = self._shapes.get(key)
         if expected is None:
             probe = get_peft_model(copy.deepcopy(self.template), copy.deepcopy(lora), adapter_name="serve")
-            expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(probe, adapter_name="serve").items()}
+            weights = get_peft_model_state_dict(probe, adapter_name="serve", save_embedding_layers=False)
+            expected = {k: tuple(v.shape) for k, v in weights.items()}
             self._shapes[key] = expected
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))

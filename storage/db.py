@@ -154,28 +154,28 @@ def exclusive_training(engine: Engine) -> Iterator[bool]:
     schedulers during a rolling deploy) would pick the same version name and one would be wasted.
 
     PostgreSQL: a session-level advisory lock on a connection of its own (autocommit: no transaction stays
-    open), freed by the server if the process dies. SQLite: an exclusive `flock` on `<database>.train-lock`
-    beside the file, freed by the kernel if the process dies. An in-memory SQLite database has no other
-    process: always True."""
+    open), released by ending that session (the connection is discarded, not returned to the pool: an unlock
+    statement on a silent link would wait for ever), and freed by the server if the process dies. A link
+    cut while the lock is held frees it too, unnoticed here until the block ends: another process could
+    then start a training (its version name would collide, and one of the two fail). SQLite: an exclusive
+    `flock` on `<database>.train-lock` beside the (resolved) file, freed by the kernel if the process dies.
+    An in-memory SQLite database has no other process: always True."""
     if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            got = bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({TRAINING_LOCK_KEY})").scalar())
-            try:
-                yield got
-            finally:
-                if got:
-                    try:
-                        conn.exec_driver_sql(f"SELECT pg_advisory_unlock({TRAINING_LOCK_KEY})")
-                    except DBAPIError:  # the link is gone: the server freed the lock with the session
-                        log.warning("could not release the training lock; the server frees it with the session")
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            yield bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({TRAINING_LOCK_KEY})").scalar())
+        finally:
+            conn.invalidate()  # closes the session without waiting for an answer; the server drops its locks
+            conn.close()
         return
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield True
         return
     import fcntl
+    import os
 
-    with open(f"{database}.train-lock", "a+b") as handle:
+    with open(f"{os.path.realpath(database)}.train-lock", "a+b") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

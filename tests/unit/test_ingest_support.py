@@ -117,7 +117,11 @@ def test_bad_rows_in_a_big_batch_are_found_by_halving_not_one_transaction_per_ev
     out = write_batch(engine, batch)
     assert (out.stored, out.duplicates) == (998, 0)
     assert [(r.offset, r.reason) for r in out.refused] == [(17, "store_failed"), (600, "store_failed")]
-    assert len(calls) <= 1 + 2 * 2 * 10, calls  # 2 bad rows, log2(1000) ~ 10 levels: not 1,000 transactions
+    assert len(calls) <= 1 + 2 * 2 * 7 + 2 * 8, calls  # 2 bad rows: 7 halvings to 8 rows, then one by one
+    calls.clear()  # a batch of bad rows only: about 1.25 transactions per row (halving all the way took 2)
+    all_bad = [p._replace(row=p.row | {"query": None, "event_id": f"b-{p.offset}"}) for p in batch[:64]]
+    out = write_batch(engine, all_bad)
+    assert out.stored == 0 and len(out.refused) == 64 and len(calls) <= 1 + 14 + 64, len(calls)
 
 
 def test_dead_letter_headers_name_the_source_and_reason():

@@ -138,8 +138,9 @@ def test_a_stored_config_cannot_rewrite_the_shared_base(load_ranker: Callable[..
     ranker = load_ranker("none", fresh=True)
     ranker.new_adapter("pissa_src")
     state, cfg = ranker.adapter_state("pissa_src"), ranker.peft_config("pissa_src")
-    pairs = [("running shoes", "Lightweight mesh running shoe"), ("lamp", "Brass desk lamp")]
-    before = ranker.score_pairs(pairs, adapter=None)
+    base = {n: p.detach().clone() for n, p in ranker.model.named_parameters() if "base_layer" in n}
+    assert base
     ranker.add_adapter("pissa", state, {**cfg, "init_lora_weights": "pissa"})
     ranker.delete_adapter("pissa")
-    np.testing.assert_array_equal(ranker.score_pairs(pairs, adapter=None), before)
+    changed = [n for n, p in ranker.model.named_parameters() if n in base and not torch.equal(p, base[n])]
+    assert changed == []  # PiSSA rewrote 36 base layers
