@@ -126,11 +126,16 @@ class SplitConfig(FrozenConfig):
         "spread", description="Regression holdout: spread = a fixed hashed sample over the champion's whole "
         "training window; oldest = the oldest slice of this run's window.")
     regression_salt: int = Field(0, description="Changes which groups the spread regression sample holds out.")
+    selection_fraction: float = Field(
+        0.0, ge=0, lt=0.5, description="Share of groups, the newest before the holdout, that early stopping "
+        "chooses the checkpoint on, so that the gate judges it on holdout groups that did not choose it; "
+        "0 = early stopping reads the holdout itself.")
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitConfig:
-        if self.holdout_fraction + self.regression_fraction >= 0.8:
-            raise ValueError("holdout_fraction + regression_fraction must leave data to train on (< 0.8)")
+        if self.holdout_fraction + self.regression_fraction + self.selection_fraction >= 0.8:
+            raise ValueError("holdout_fraction + regression_fraction + selection_fraction must leave data to "
+                             "train on (< 0.8)")
         return self
 
 

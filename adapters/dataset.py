@@ -66,13 +66,15 @@ class QueryGroup:
 
 @dataclass(frozen=True)
 class Splits:
-    """Training input. `train` includes `replay_count` replayed older groups; `holdout` is the newest slice."""
+    """Training input. `train` includes `replay_count` replayed older groups; `holdout` is the newest slice;
+    `selection`, when the split carves one, is what early stopping reads instead of the holdout."""
 
     train: list[QueryGroup]
     holdout: list[QueryGroup]
     regression: list[QueryGroup] = field(default_factory=list)
     replay_count: int = 0
     holdout_from: datetime | None = None
+    selection: list[QueryGroup] = field(default_factory=list)
 
 
 def _norm(query: str) -> str:
@@ -222,6 +224,9 @@ def split(
       any later candidate, and they represent the champion's whole training window, not its oldest end.
     - `"oldest"`: the oldest `regression_fraction` of `groups`.
     Either way, `regression_before` instead takes every non-holdout group of `groups` older than it.
+    Selection (`cfg.selection_fraction` > 0): the newest `selection_fraction` of `groups` before the holdout,
+    outside the regression sample, is held out of training for early stopping, so the checkpoint is chosen
+    on groups that the gate does not read.
     Replay samples `round(replay_ratio * len(train))` groups from `previous` (older groups outside this
     window), never one that is already in a split, in the regression sample, or not older than the
     holdout. Deterministic for `cfg.seed`.
@@ -251,7 +256,9 @@ def split(
     else:
         regression = older[: int(n * cfg.regression_fraction)]
     reg_keys = {g.key for g in regression}
-    train = [g for g in older if g.key not in reg_keys]
+    rest = [g for g in older if g.key not in reg_keys]
+    n_sel = min(len(rest) - 1, max(1, round(n * cfg.selection_fraction))) if cfg.selection_fraction > 0 else 0
+    train, selection = (rest[:-n_sel], rest[-n_sel:]) if n_sel > 0 else (rest, [])
 
     pool = [g for g in previous if g.key not in used and g.key not in reg_keys and g.ts < holdout_from
             and not (spread and sampled(g))]
@@ -259,7 +266,7 @@ def split(
     k = min(len(pool), round(cfg.replay_ratio * len(train)))
     replay = random.Random(cfg.seed).sample(pool, k) if k else []
     train_all = sorted(train + replay, key=lambda g: (g.ts, g.key))
-    return Splits(train_all, holdout, regression, replay_count=k, holdout_from=holdout_from)
+    return Splits(train_all, holdout, regression, replay_count=k, holdout_from=holdout_from, selection=selection)
 
 
 class NegativePool:

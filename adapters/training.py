@@ -1,9 +1,10 @@
 """One training run of a LoRA adapter + head on query groups (no DB, no Kafka: the caller brings data).
 
-The run evaluates the holdout before the first step and every `eval_every_steps`, keeps a copy of the
-best adapter weights by holdout NDCG@10, and stops early after `patience` evaluations without a gain of
-`min_delta`, at the wall-clock budget, or when `should_stop()` says so. Whatever ends it, the adapter is
-left holding the best weights and the result carries them. Seeds fix every random choice.
+The run evaluates the holdout (or the selection slice, when the split carved one) before the first step
+and every `eval_every_steps`, keeps a copy of the best adapter weights by that NDCG@10, and stops early
+after `patience` evaluations without a gain of `min_delta`, at the wall-clock budget, or when
+`should_stop()` says so. Whatever ends it, the adapter is left holding the best weights and the result
+carries them. Seeds fix every random choice.
 """
 
 from __future__ import annotations
@@ -195,15 +196,17 @@ class _Run:
                                propensity=self.curve, max_weight=self.cfg.ips_max_weight)
 
     def record(self, epoch: int, lr: float) -> EvalResult:
-        """Evaluate the holdout now, log it and add it to the history."""
+        """Evaluate what early stopping reads now (the selection slice, else the holdout), log it and add it
+        to the history (its NDCG@10 under `holdout_ndcg10`, `selected_on` naming the set)."""
         if self.learn_scale:
             self.ranker.set_residual_scale(self.name, self.scale())
-        ev = self.evaluate(self.data.holdout)
+        ev = self.evaluate(self.data.selection or self.data.holdout)
         entry = {
             "step": self.step, "epoch": epoch, "elapsed_s": round(time.monotonic() - self.started, 3), "lr": lr,
             "train_loss": float(np.mean(self.losses_since_eval)) if self.losses_since_eval else None,
             "holdout_ndcg10": ev.ndcg10, "holdout_mrr": ev.mrr, "holdout_auc": ev.auc, "holdout_loss": ev.loss,
             "residual_scale": self.scale() if self.learn_scale else None,
+            "selected_on": "selection" if self.data.selection else "holdout",
         }
         self.losses_since_eval.clear()
         self.history.append(entry)
@@ -280,15 +283,17 @@ class _Run:
         return best
 
     def result(self, best: _Best, stop: Stop) -> TrainResult:
-        """Leave the adapter on its best weights, evaluate the regression slice, and sum the run up."""
+        """Leave the adapter on its best weights, evaluate the holdout (when a selection slice chose the
+        checkpoint) and the regression slice, and sum the run up."""
         self.ranker.load_state(self.name, best.state)
         if self.ranker.base.is_sentence_encoder:
             self.ranker.set_residual_scale(self.name, best.scale)
+        holdout = self.evaluate(self.data.holdout) if self.data.selection else best.eval
         regression = self.evaluate(self.data.regression) if self.data.regression else None
         return TrainResult(
             adapter_name=self.name, state=best.state, best_step=best.step, steps=self.step,
             early_stopped=stop.reason == "early", stopped_by_budget=stop.reason == "budget", history=self.history,
-            holdout=best.eval, regression=regression,
+            holdout=holdout, regression=regression,
             examples_per_s=self.pairs / self.train_seconds if self.train_seconds > 0 else 0.0,
             seconds=time.monotonic() - self.started, stopped=stop.reason == "stopped",
             diverged=stop.reason == "diverged", train_groups=len(self.data.train),
@@ -322,6 +327,9 @@ def train(
     groups (`losses.ips_listwise_terms`, clipped at `cfg.ips_max_weight`; groups without positions weigh
     their clicks 1), and early stopping selects by IPS-NDCG@10 on the holdout instead of click NDCG, which
     favours whatever copies the order the clicks were collected under. `result.holdout` is then debiased.
+    With `data.selection` (`SplitConfig.selection_fraction`), early stopping reads that slice and
+    `result.holdout` is the chosen checkpoint's one evaluation on the holdout: the gate's side carries no
+    best-of-several selection.
     With `cfg.residual_scale == "learn"` the weight of the zero-shot cosine is trained too (from
     `init_scale`, the warm start's weight, else 5); the best checkpoint's weight is set on the adapter.
     """
@@ -342,5 +350,5 @@ def train(
     result = run.result(best, stop)
     run.emit({"event": "done", **result.summary()})
     logger.info("train %s done: %d steps, best step %d, holdout ndcg@10=%.4f, %.0f pairs/s, %.1fs",
-                adapter_name, result.steps, best.step, best.eval.ndcg10, result.examples_per_s, result.seconds)
+                adapter_name, result.steps, best.step, result.holdout.ndcg10, result.examples_per_s, result.seconds)
     return result

@@ -91,8 +91,9 @@ def outcome_document(outcome: CycleOutcome, promoted: str | None) -> dict[str, A
         "metrics": {"candidate": metrics.get("candidate"), "compared_with": metrics.get("compared_with")},
         "gate": outcome.gate.record() if outcome.gate is not None else None, "promoted": promoted,
         "error": outcome.error,
-        "training": {k: summary.get(k) for k in ("n_train", "n_holdout", "best_step", "steps", "early_stopped",
-                                                   "seconds")},
+        "training": {**{k: summary.get(k) for k in ("n_train", "n_holdout", "best_step", "steps", "early_stopped",
+                                                      "seconds")},
+                     "selection": metrics.get("selection")},  # what early stopping read
     }
 
 

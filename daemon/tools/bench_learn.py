@@ -36,7 +36,7 @@ import numpy as np
 __all__ = ["main", "markdown", "run", "run_one"]
 
 from daemon.tools.bench_learn_drift import run_drift
-from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, paired_gain, train_overrides
+from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, paired_gain, split_overrides, train_overrides
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Steps between holdout evaluations (default: the daemon's, TrainConfig.eval_every_steps). "
                         "Early stopping waits TrainConfig.patience evaluations, as the daemon does.")
     p.add_argument("--ips-max-weight", type=float, default=10.0)
+    p.add_argument("--selection-fraction", type=float, default=None,
+                   help="Share of the train pages, the newest before the holdout, that early stopping reads instead "
+                        "of the holdout (default: the daemon's, SplitConfig.selection_fraction).")
     p.add_argument("--random-negatives", type=int, default=None,
                    help="Off-page negatives per training group (default: the daemon's, TrainConfig.random_negatives).")
     p.add_argument("--model", default="adapter", choices=("adapter", "proxy"),
@@ -180,7 +183,8 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
 
     window = groups[-opts["train_pages"]:]
     keys = {g.key for g in window}
-    split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.0, replay_ratio=0.0, seed=seed)
+    split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.0, replay_ratio=0.0, seed=seed,
+                            **split_overrides(opts))
     splits = split(window, split_cfg)
     truth = [g for g in _truth_groups(events) if g.key in keys]
     truth_splits = split(truth, split_cfg)
@@ -302,7 +306,7 @@ def run(args: argparse.Namespace, settings: Any = None) -> dict[str, Any]:
     opts = {"log_pages": args.log_pages, "train_pages": args.train_pages, "judged_queries": args.judged_queries,
             "candidates": args.candidates, "propensity": args.propensity, "learning_rate": args.learning_rate,
             "epochs": args.epochs, "eval_every": args.eval_every, "ips_max_weight": args.ips_max_weight,
-            "random_negatives": args.random_negatives,
+            "random_negatives": args.random_negatives, "selection_fraction": args.selection_fraction,
             "learners": [x.strip() for x in args.learners.split(",") if x.strip()], "model": args.model,
             "residual_scale": args.residual_scale, "max_seq_len": args.max_seq_len, "quantization": args.quantization}
     t0 = time.monotonic()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, paired_gain, train_overrides
+from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, paired_gain, split_overrides, train_overrides
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -69,7 +69,8 @@ def _configs(opts: dict[str, Any], seed: int, n_pos: int) -> tuple[Any, Any, Any
     """(gate, split, train) configs of the protocol: warm start with replay, a regression sample, IPS."""
     from adapters.config import GateConfig, SplitConfig, TrainConfig
 
-    split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.15, replay_ratio=0.5, seed=seed)
+    split_cfg = SplitConfig(holdout_fraction=0.25, regression_fraction=0.15, replay_ratio=0.5, seed=seed,
+                            **split_overrides(opts))
     cfg = TrainConfig(epochs=opts["epochs"], learning_rate=opts["learning_rate"],
                       max_items_per_group=n_pos, min_groups=10, max_seconds=1800, seed=seed,
                       debias="ips", ips_max_weight=opts["ips_max_weight"], residual_scale=opts["residual_scale"],

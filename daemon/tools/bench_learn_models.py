@@ -30,6 +30,12 @@ def paired_gain(model: Sequence[float] | np.ndarray, base: Sequence[float] | np.
     return float(diffs.mean()), float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else 0.0
 
 
+def split_overrides(opts: dict[str, Any]) -> dict[str, Any]:
+    """SplitConfig fields the bench's options override (when given)."""
+    given = opts.get("selection_fraction")
+    return {} if given is None else {"selection_fraction": given}
+
+
 def train_overrides(opts: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig fields the bench's options override (when given); the rest keep the daemon's defaults."""
     given = {"random_negatives": opts.get("random_negatives"), "eval_every_steps": opts.get("eval_every")}

@@ -62,8 +62,9 @@ class ProxyModel:
         feats = [self.features(g.query, g.texts) for g in train]
         opt = torch.optim.Adam([self.a, self.v], lr=cfg.learning_rate)
 
-        def holdout() -> float:
-            return evaluate_groups(self.score, splits.holdout, propensity=curve, max_weight=cfg.ips_max_weight).ndcg10
+        def holdout() -> float:  # what early stopping reads: the selection slice when the split carved one
+            return evaluate_groups(self.score, splits.selection or splits.holdout, propensity=curve,
+                                   max_weight=cfg.ips_max_weight).ndcg10
 
         def snapshot() -> tuple[Any, Any]:
             return self.a.detach().clone(), self.v.detach().clone()

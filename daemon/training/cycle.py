@@ -103,8 +103,10 @@ def _load_champion(settings: Settings, engine: Engine, ranker: Ranker) -> tuple[
 
 
 def _run_metrics(result: training.TrainResult, champion: str, champ_holdout: EvalResult,
-                 champ_regression: EvalResult | None, curve: PropensityCurve, debiased: bool) -> dict[str, Any]:
-    """What the registry keeps of a run: both sides' metrics, the training curve, the propensity curve."""
+                 champ_regression: EvalResult | None, curve: PropensityCurve, debiased: bool,
+                 n_selection: int) -> dict[str, Any]:
+    """What the registry keeps of a run: both sides' metrics, the training curve, the propensity curve, and
+    what early stopping read (`selection`: its own slice of `n_selection` groups, or the holdout)."""
     return {
         "candidate": {"holdout": result.holdout.to_dict(),
                       "regression": result.regression.to_dict() if result.regression else None},
@@ -112,6 +114,7 @@ def _run_metrics(result: training.TrainResult, champion: str, champ_holdout: Eva
                           "regression": champ_regression.to_dict() if champ_regression else None},
         "history": result.history,
         "propensity": {"estimated": list(curve.values), **curve.to_dict(), "used": debiased},
+        "selection": {"on": "selection" if n_selection else "holdout", "n_groups": n_selection},
     }
 
 
@@ -150,7 +153,8 @@ def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
         settings.storage.artifacts_dir, version, result.state, ranker.peft_config(version),
         meta={"parent": champion.version, "run_id": run_id, "trigger": trigger, "base_model": ranker.base.model_id},
     )
-    metrics = _run_metrics(result, champion.version, champ_holdout, champ_regression, curve, debiased)
+    metrics = _run_metrics(result, champion.version, champ_holdout, champ_regression, curve, debiased,
+                           len(splits.selection))
     summary = CycleSummary(
         device=str(ranker.device), quantization=ranker.base.quantization, artifact_path=str(info.path),
         metrics=metrics, n_train=len(splits.train), n_holdout=len(splits.holdout), best_step=result.best_step,

@@ -45,8 +45,10 @@ def _set_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
 def test_train_once_registers_a_gated_candidate(stocked: Engine, db_url: str,
                                                 training_settings: Callable[..., Settings],
                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    # a valid gated candidate is what this checks, not a good one: a short run keeps CI fast
-    settings = training_settings(db_url, train_max_groups=60, train_epochs=1, train_max_items_per_group=6)
+    # a valid gated candidate is what this checks, not a good one: a short run keeps CI fast. Early stopping
+    # reads a selection slice here (the default reads the holdout, as every other training test does).
+    settings = training_settings(db_url, train_max_groups=60, train_epochs=1, train_max_items_per_group=6,
+                                 train_selection_fraction=0.15)
     _set_env(monkeypatch, settings)
     assert cli.main(["train", "--once", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -54,6 +56,7 @@ def test_train_once_registers_a_gated_candidate(stocked: Engine, db_url: str,
     assert doc["candidate_version"] == "v0001" and doc["device"] == "cpu" and doc["quantization"] == "nf4"
     cand, champ = doc["metrics"]["candidate"], doc["metrics"]["compared_with"]
     assert champ["version"] == "base"
+    assert doc["training"]["selection"]["on"] == "selection" and doc["training"]["selection"]["n_groups"] > 0
     assert 0.0 <= champ["holdout"]["ndcg10"] <= 1.0 and 0.0 <= cand["holdout"]["ndcg10"] <= 1.0
     gate = doc["gate"]
     assert gate["compared_with"] == "base" and isinstance(gate["passed"], bool) and gate["reasons"]

@@ -94,6 +94,25 @@ def test_split_is_time_based_and_disjoint() -> None:
     assert s.holdout_from == s.holdout[0].ts
 
 
+def test_selection_slice_is_the_newest_before_the_holdout_and_leaves_regression_alone() -> None:
+    groups = _groups(100)
+    base = SplitConfig(holdout_fraction=0.2, regression_fraction=0.1, replay_ratio=0.0)
+    plain = split(groups, base)
+    s = split(groups, base.model_copy(update={"selection_fraction": 0.15}))
+    assert plain.selection == [] and len(s.selection) == 15
+    assert [g.key for g in s.holdout] == [g.key for g in plain.holdout]
+    assert [g.key for g in s.regression] == [g.key for g in plain.regression]  # the spread sample is unchanged
+    assert max(g.ts for g in s.selection) < min(g.ts for g in s.holdout)
+    assert min(g.ts for g in s.selection) > max(g.ts for g in s.train)
+    assert [g.key for g in s.train + s.selection] == [g.key for g in plain.train]
+    keys = [g.key for part in (s.train, s.selection, s.holdout, s.regression) for g in part]
+    assert len(keys) == len(set(keys)) == 100
+    tiny = split(_groups(3), SplitConfig(holdout_fraction=0.2, regression_fraction=0.0, selection_fraction=0.4))
+    assert len(tiny.selection) == 1 and len(tiny.train) == 1  # training keeps at least one group
+    with pytest.raises(ValueError, match="leave data to train on"):
+        SplitConfig(holdout_fraction=0.4, regression_fraction=0.2, selection_fraction=0.2)
+
+
 def test_split_fixed_regression_cutoff() -> None:
     groups = _groups(20)
     s = split(groups, SplitConfig(holdout_fraction=0.2, regression_fraction=0.4),

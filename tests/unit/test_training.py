@@ -113,6 +113,25 @@ def test_early_stopping_keeps_the_best_checkpoint(load_ranker: Callable[..., Any
 
 
 @pytest.mark.slow
+def test_a_selection_slice_chooses_the_checkpoint_and_the_holdout_only_judges_it(
+        load_ranker: Callable[..., Any], small_splits: Splits) -> None:
+    # Early stopping reads the selection slice; the holdout is evaluated once, on the chosen weights.
+    ranker = load_ranker("none")
+    data = replace(small_splits, train=small_splits.train[:-16], selection=small_splits.train[-16:])
+    cfg = FAST.model_copy(update=dict(learning_rate=1e-2, warmup_ratio=0.0, epochs=2, eval_every_steps=2,
+                                      patience=2, min_delta=0.0))
+    result = train(ranker, data, cfg, adapter_name="tr_select")
+    assert {h["selected_on"] for h in result.history} == {"selection"}
+    best = max(result.history, key=lambda h: h["holdout_ndcg10"])
+    assert result.best_step == best["step"]
+    on_selection = evaluate_groups(functools.partial(ranker.score, adapter="tr_select"), data.selection)
+    on_holdout = evaluate_groups(functools.partial(ranker.score, adapter="tr_select"), data.holdout)
+    assert on_selection.ndcg10 == pytest.approx(best["holdout_ndcg10"], abs=1e-9)
+    assert result.holdout.ndcg10 == pytest.approx(on_holdout.ndcg10, abs=1e-9)
+    assert result.holdout.ndcg10 != pytest.approx(on_selection.ndcg10, abs=1e-6)  # two different sets
+
+
+@pytest.mark.slow
 def test_warm_start_should_stop_and_budget(trained: tuple[Any, TrainResult], synthetic_splits: Splits) -> None:
     ranker, first = trained
     # Warm start: step 0 of the new run is exactly the champion's holdout NDCG. should_stop ends the
