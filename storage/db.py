@@ -144,49 +144,6 @@ def write_patiently(engine: Engine, write: Callable[[Session], T], *, what: str,
             delay = min(2 * delay, max_delay_s)
 
 
-TRAINING_LOCK_KEY = 0x72616E6B74756E65 & 0x7FFFFFFFFFFFFFFF  # "ranktune": one advisory lock per database
-
-
-@contextmanager
-def exclusive_training(engine: Engine) -> Iterator[bool]:
-    """Hold the database's one training lock while the block runs; yields False (nothing held) when another
-    process holds it. Two trainings on one registry (a scheduler and an operator's `train --once`, or two
-    schedulers during a rolling deploy) would pick the same version name and one would be wasted.
-
-    PostgreSQL: a session-level advisory lock on a connection of its own (autocommit: no transaction stays
-    open), released by ending that session (the connection is discarded, not returned to the pool: an unlock
-    statement on a silent link would wait for ever), and freed by the server if the process dies. A link
-    cut while the lock is held frees it too, unnoticed here until the block ends: another process could
-    then start a training (its version name would collide, and one of the two fail). SQLite: an exclusive
-    `flock` on `<database>.train-lock` beside the (resolved) file, freed by the kernel if the process dies.
-    An in-memory SQLite database has no other process: always True."""
-    if engine.dialect.name == "postgresql":
-        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            yield bool(conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({TRAINING_LOCK_KEY})").scalar())
-        finally:
-            conn.invalidate()  # closes the session without waiting for an answer; the server drops its locks
-            conn.close()
-        return
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-        yield True
-        return
-    import fcntl
-    import os
-
-    with open(f"{os.path.realpath(database)}.train-lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def alembic_config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

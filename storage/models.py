@@ -123,6 +123,17 @@ class AdapterVersion(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class TrainingLease(SQLModel, table=True):
+    """Who may train on this database now (`storage.db.exclusive_training`): one row while a training runs,
+    renewed by its process; a lease past `expires_at` belongs to nobody (its holder died or lost the link)."""
+
+    __tablename__ = "training_leases"
+
+    name: str = Field(primary_key=True, max_length=16)
+    holder: str = Field(max_length=128)
+    expires_at: datetime = _ts()
+
+
 class RegistryAlias(SQLModel, table=True):
     """Moving pointers over immutable versions: `champion` and `previous` (value `base` = no adapter)."""
 

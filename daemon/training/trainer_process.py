@@ -42,8 +42,9 @@ from daemon.settings import Settings
 from daemon.training.cycle import child_main
 from daemon.training.messages import CycleOutcome, Progress, parse
 from storage import registry
-from storage.db import exclusive_training, session_scope, write_patiently
+from storage.db import session_scope, write_patiently
 from storage.errors import DatabaseUnavailable
+from storage.lease import exclusive_training
 from storage.models import AdapterVersion, TrainingRun, as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class TrainerProcess:
         An exception in the caller's thread while it waits (a second Ctrl-C, a failing `on_progress`) stops
         the child (grace period, then SIGKILL), settles the run row and is raised again: no child is left
         training unattended and no row stays `running`. Another process training on this database
-        (`storage.db.exclusive_training`) makes this one a `skipped` run that starts no child."""
+        (`storage.lease.exclusive_training`) makes this one a `skipped` run that starts no child."""
         self._stop.clear()  # before the row exists: a stop asked from here on reaches this run
         with exclusive_training(self._engine) as mine:
             if mine:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, inspect, text
 
 from storage import events_repo, registry
-from storage.db import ensure_schema, exclusive_training, head_revision, make_engine, session_scope, upgrade
+from storage.db import ensure_schema, head_revision, make_engine, session_scope, upgrade
 from storage.errors import ChampionChanged, InvalidTransition, SchemaOutdated, VersionNotFound
 from storage.models import AdapterVersion, FeedbackEvent
 
@@ -50,7 +51,9 @@ def test_outdated_schema_is_refused_with_the_fix(db_url):
 
 
 def test_one_process_trains_on_a_database_at_a_time(engine, db_url):
-    other = make_engine(db_url)  # another process's engine: its own connections (PostgreSQL), its own file handle
+    from storage.lease import exclusive_training, renew, try_acquire
+
+    other = make_engine(db_url)  # another process's engine
     try:
         with exclusive_training(engine) as first:
             assert first
@@ -58,6 +61,26 @@ def test_one_process_trains_on_a_database_at_a_time(engine, db_url):
                 assert not second
         with exclusive_training(other) as after:
             assert after  # released when the holder's block ended
+        # a holder that died (or lost the database) leaves a lease that expires by itself
+        assert try_acquire(engine, "dead-holder", ttl_s=0.3)
+        assert not try_acquire(other, "someone-else", ttl_s=60)
+        threading.Event().wait(0.5)
+        assert try_acquire(other, "someone-else", ttl_s=60)
+        assert not renew(engine, "dead-holder", ttl_s=60)  # the dead holder cannot take it back by renewing
+    finally:
+        other.dispose()
+
+
+def test_a_held_lease_is_renewed_while_the_training_runs(engine, db_url):
+    from storage.lease import exclusive_training, try_acquire
+
+    other = make_engine(db_url)
+    try:
+        with exclusive_training(engine, ttl_s=0.6) as held:
+            assert held
+            for _ in range(4):  # 1.2 s: twice the lease, renewed every 0.2 s
+                threading.Event().wait(0.3)
+                assert not try_acquire(other, "someone-else", ttl_s=60)
     finally:
         other.dispose()
 

@@ -139,7 +139,7 @@ def test_an_exception_while_waiting_kills_the_child_and_closes_its_row(db: tuple
 
 def test_a_trigger_while_another_process_trains_is_skipped_without_a_child(db: tuple[str, Engine, Settings]) -> None:
     from daemon.training.trainer_process import TrainerProcess
-    from storage.db import exclusive_training
+    from storage.lease import exclusive_training
     from tests.unit.training_targets import sleep_forever
 
     url, engine, settings = db

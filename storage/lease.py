@@ -1,0 +1,99 @@
+"""One training per database: a lease row that its holder renews while it trains.
+
+Two trainings on one registry (a scheduler and an operator's `train --once`, or two schedulers during a
+rolling deploy) would pick the same version name, and one of them would be wasted. `exclusive_training`
+takes the `training_leases` row for `ttl_s` seconds and a thread renews it every third of that; the block
+ends by deleting it. A holder that dies, or loses the database for longer than the lease, lets it expire,
+and another process may then take it (while a holder cut off from the database still trains: its version
+name may then collide, and one of the two runs fails cleanly). A lease, not a session lock: PostgreSQL keeps
+an advisory lock as long as the server believes the session alive, and a half-open link after a partition
+can keep it for hours (TCP keepalive), skipping every training meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
+
+from storage.db import session_scope, write_scope
+from storage.models import TrainingLease, as_utc, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "train"
+DEFAULT_TTL_S = 120.0
+
+
+def try_acquire(engine: Engine, holder: str, ttl_s: float) -> bool:
+    """Take (or extend) the lease for `holder` unless another holder's lease is still running."""
+    now = utcnow()
+    try:
+        with write_scope(engine) as s:  # BEGIN IMMEDIATE on SQLite; the row is locked on PostgreSQL
+            row = s.execute(select(TrainingLease).where(col(TrainingLease.name) == LEASE_NAME)
+                            .with_for_update()).scalars().first()
+            if row is not None and row.holder != holder and as_utc(row.expires_at) > now:
+                return False
+            if row is None:
+                s.add(TrainingLease(name=LEASE_NAME, holder=holder, expires_at=now + timedelta(seconds=ttl_s)))
+            else:
+                row.holder, row.expires_at = holder, now + timedelta(seconds=ttl_s)
+    except IntegrityError:  # another process inserted the first row at the same moment
+        return False
+    return True
+
+
+def renew(engine: Engine, holder: str, ttl_s: float) -> bool:
+    """Push `holder`'s lease `ttl_s` into the future; False when it is no longer `holder`'s."""
+    with session_scope(engine) as s:
+        done = s.execute(update(TrainingLease)
+                         .where(col(TrainingLease.name) == LEASE_NAME, col(TrainingLease.holder) == holder)
+                         .values(expires_at=utcnow() + timedelta(seconds=ttl_s)))
+        return bool(getattr(done, "rowcount", 0) == 1)
+
+
+def release(engine: Engine, holder: str) -> None:
+    with session_scope(engine) as s:
+        s.execute(delete(TrainingLease).where(col(TrainingLease.name) == LEASE_NAME,
+                                              col(TrainingLease.holder) == holder))
+
+
+@contextmanager
+def exclusive_training(engine: Engine, ttl_s: float = DEFAULT_TTL_S) -> Iterator[bool]:
+    """Hold the database's training lease while the block runs; yields False (nothing held) when another
+    process holds it. Raises what the database raises when it cannot be reached at the start."""
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not try_acquire(engine, holder, ttl_s):
+        yield False
+        return
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(ttl_s / 3):
+            try:
+                if not renew(engine, holder, ttl_s):
+                    log.error("the training lease expired and another process took it; this training goes on")
+            except Exception as exc:  # the database is away: the lease runs out unless it comes back in time
+                log.warning("cannot renew the training lease: %s", exc)
+
+    renewer = threading.Thread(target=keep, name="training-lease", daemon=True)
+    renewer.start()
+    try:
+        yield True
+    finally:
+        stop.set()
+        renewer.join(1.0)
+        try:
+            release(engine, holder)
+        except Exception as exc:
+            log.warning("cannot release the training lease (%s); it expires within %.0f s", exc, ttl_s)
