@@ -199,14 +199,18 @@ def _close_run(engine: Engine, run_id: int, status: RunStatus, **fields: Any) ->
         log.warning("%s; the daemon records it", exc)
 
 
-def child_main(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
-    """Entry point of the training child (see `daemon.training.trainer_process`)."""
-    # Ctrl-C in a terminal, and a SIGTERM sent to the whole process group (systemd's default KillMode,
-    # `kill -- -PGID`), reach this child too; the parent owns shutdown and tells it through `stop` (and
-    # kills it after the grace period), so the child ignores both. Its parent's death still kills it
-    # (SIGKILL by PR_SET_PDEATHSIG, and the watchdog).
+def ignore_shutdown_signals() -> None:
+    """Ctrl-C in a terminal, and a SIGTERM sent to the whole process group (systemd's default KillMode,
+    `kill -- -PGID`), reach the training child too; the parent owns shutdown and tells it through `stop`
+    (and kills it after the grace period), so the child ignores both. Its parent's death still kills it
+    (SIGKILL by PR_SET_PDEATHSIG, and the watchdog)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def child_main(settings: Settings, run_id: int, trigger: str, stop: MpEvent, conn: Connection) -> None:
+    """Entry point of the training child (see `daemon.training.trainer_process`)."""
+    ignore_shutdown_signals()
     configure_logging(settings.log_level, settings.log_format, role="trainer", run_id=run_id,
                       text_format=f"%(asctime)s %(levelname)s [train run {run_id}] %(name)s: %(message)s")
     engine = make_engine(settings.storage.sqlalchemy_url, **settings.storage.engine_options)

@@ -156,3 +156,17 @@ def test_a_trigger_while_another_process_trains_is_skipped_without_a_child(db: t
         (run,) = registry.recent_runs(session=s, limit=5)
         assert run.id == outcome.run_id and run.status == "skipped"
 
+
+def test_the_training_child_outlives_a_sigterm_sent_to_its_process_group() -> None:
+    # the parent stops it through its stop event within the grace period; a group-wide SIGTERM (systemd's
+    # KillMode=control-group) killed it at once and the run was recorded failed
+    code = ("import os, signal\n"
+            "from daemon.training.cycle import ignore_shutdown_signals\n"
+            "ignore_shutdown_signals()\n"
+            "os.killpg(os.getpgid(0), signal.SIGTERM)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "print('alive')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "alive", proc.stderr[-2000:]
+
