@@ -11,9 +11,9 @@ the caches); `FastBase.build(version, ...)` makes one `FastModel` per version, o
 scorer builds it in the thread that asked for the swap). A `FastModel` is immutable once built; a scorer
 switches by replacing its reference between two batches.
 
-Scoring caches each text's tokens (`PairEncoder`, LRU keyed by text, pairs assembled by the tokenizer's
-own post-processor, so they equal a tokenizer call) and each text's frozen base embedding, and packs the
-pairs of a round into forwards by token length, so short pairs are not padded to the longest.
+Scoring caches each text's tokens (`adapters.pair_encoder.PairEncoder`: LRU keyed by text, pairs assembled
+by the tokenizer's own post-processor, so they equal a tokenizer call) and each text's frozen base embedding,
+and packs the pairs of a round into forwards by token length, so short pairs are not padded to the longest.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from adapters.base import HEAD_MODULE_NAMES, dequantized_weights, load_base
 from adapters.config import SERVING_PATHS, ModelSpec, ServingPath
 from adapters.errors import AdapterError, SwapRefused
+from adapters.pair_encoder import CACHE_SIZE, PairEncoder, by_length
 from adapters.ranker import Ranker, config_from_dict
 
-__all__ = ["FAST_PATHS", "SERVING_PATHS", "FastBase", "FastModel", "FastPathUnavailable", "PairEncoder",
+__all__ = ["FAST_PATHS", "SERVING_PATHS", "FastBase", "FastModel", "FastPathUnavailable",
            "ServingPath", "cpu_has_native_bf16", "resolve_serving_path"]
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,7 @@ strong random adapter (unit test) where merged-int8 moved it by about 0.02, so i
 native bf16 the bf16 products are emulated: fp32 is the default there."""
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 BASE = "base"
-_CACHE_SIZE = 50_000
 _PEFT_PREFIX = "base_model.model."
-Encoded = tuple[list[int], list[int]]
-"""One sequence's (input_ids, token_type_ids), special tokens included."""
 
 
 class FastPathUnavailable(AdapterError, RuntimeError):
@@ -90,103 +88,6 @@ def resolve_serving_path(path: ServingPath | str, device: torch.device, *, nativ
         raise FastPathUnavailable(f"serving path {path} runs on CPU only; this model is on {device} "
                                   "(use quantized or auto)")
     return str(path)
-
-
-class PairEncoder:
-    """Token ids of (query, text) pairs from per-text cached encodings; equal to `tokenizer(q, t, truncation)`.
-
-    The cache keeps each text's encoding cut to `max_seq_len` tokens, and its full length. Longest-first
-    truncation of a pair depends on both full lengths only when both sides are longer than half the room
-    and one was cut: that pair is encoded whole instead (before, 273 of 900 random long pairs came out one
-    token off). Thread-safe (one lock around the cache). Falls back to calling the tokenizer when it has no
-    Rust backend.
-    """
-
-    def __init__(self, tokenizer: Any, max_seq_len: int, cache_size: int = _CACHE_SIZE) -> None:
-        self._hf = tokenizer
-        self.max_seq_len = max_seq_len
-        self.cache_size = cache_size
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._tk: Any = None
-        if backend is not None:
-            from tokenizers import Tokenizer
-
-            self._tk = Tokenizer.from_str(backend.to_str())
-            self._tk.enable_truncation(max_seq_len, strategy="longest_first")
-            self._tk.no_padding()
-            self._full = Tokenizer.from_str(backend.to_str())  # single texts, whole: their true length
-            self._full.no_truncation()
-            self._full.no_padding()
-            self._half = (max_seq_len - self._tk.num_special_tokens_to_add(True)) // 2
-        self._types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
-        self._left = getattr(tokenizer, "padding_side", "right") == "left"
-        self.pad_id = int(tokenizer.pad_token_id or 0)
-        self._cache: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def _cached(self, texts: Sequence[str]) -> list[tuple[Any, int]]:
-        """(encoding cut to `max_seq_len`, full length in tokens) per text."""
-        with self._lock:
-            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-            self.misses += len(missing)
-            self.hits += len(texts) - len(missing)
-            if missing:
-                encoded = self._full.encode_batch(missing, add_special_tokens=False)
-                for text, enc in zip(missing, encoded, strict=True):
-                    n = len(enc.ids)
-                    if n > self.max_seq_len:
-                        enc.truncate(self.max_seq_len)
-                    self._cache[text] = (enc, n)
-            out = []
-            for t in texts:
-                self._cache.move_to_end(t)
-                out.append(self._cache[t])
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-            return out
-
-    def encode(self, firsts: Sequence[str], seconds: Sequence[str] | None = None) -> list[Encoded]:
-        """Per pair (or per single text): [input_ids, token_type_ids] with special tokens, truncated."""
-        if self._tk is None:
-            enc = self._hf(list(firsts), list(seconds) if seconds is not None else None, truncation=True,
-                           max_length=self.max_seq_len)
-            types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
-            return [(list(i), list(t)) for i, t in zip(enc["input_ids"], types, strict=True)]
-        a = self._cached(firsts)
-        if seconds is None:
-            return [(e.ids, e.type_ids) for e in (self._tk.post_process(x, None, True) for x, _ in a)]
-        out: list[Encoded] = []
-        for (x, nx), (y, ny), q, t in zip(a, self._cached(seconds), firsts, seconds, strict=True):
-            if max(nx, ny) > self.max_seq_len and min(nx, ny) >= self._half:  # the cut would change the split
-                e = self._tk.encode(q, t)
-            else:
-                e = self._tk.post_process(x, y, True)
-            out.append((e.ids, e.type_ids))
-        return out
-
-    def tensors(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
-        """Pad a group of `encode` results to its longest member: the model's keyword inputs."""
-        n = max(len(ids) for ids, _ in encoded)
-        ids = torch.full((len(encoded), n), self.pad_id, dtype=torch.long)
-        types = torch.zeros((len(encoded), n), dtype=torch.long)
-        mask = torch.zeros((len(encoded), n), dtype=torch.long)
-        for k, (i, t) in enumerate(encoded):
-            sl = slice(n - len(i), n) if self._left else slice(0, len(i))
-            ids[k, sl] = torch.tensor(i)
-            types[k, sl] = torch.tensor(t)
-            mask[k, sl] = 1
-        out = {"input_ids": ids, "attention_mask": mask}
-        if self._types:
-            out["token_type_ids"] = types
-        return out
-
-
-def _by_length(encoded: Sequence[Encoded], batch: int) -> list[list[int]]:
-    """Indices grouped into forwards of at most `batch`, shortest sequences together."""
-    order = sorted(range(len(encoded)), key=lambda k: len(encoded[k][0]))
-    return [order[i:i + batch] for i in range(0, len(order), batch)]
 
 
 class FastBase:
@@ -336,7 +237,7 @@ class FastBase:
         encoded = self.encoder.encode([q for q, _ in pairs], [t for _, t in pairs])
         out = torch.empty(len(pairs), dtype=torch.float32)
         with torch.inference_mode():
-            for group in _by_length(encoded, self.batch_size):
+            for group in by_length(encoded, self.batch_size):
                 logits = model(**self.encoder.tensors([encoded[k] for k in group])).logits
                 out[torch.tensor(group)] = logits[:, 0].float()
         return out
@@ -360,7 +261,7 @@ class FastBase:
             for t in have:
                 if t in self._embeddings:
                     self._embeddings.move_to_end(t)
-            while len(self._embeddings) > _CACHE_SIZE:
+            while len(self._embeddings) > CACHE_SIZE:
                 self._embeddings.popitem(last=False)
         return torch.stack([have[t] for t in texts])
 
@@ -369,7 +270,7 @@ class FastBase:
         encoded = self.encoder.encode(texts)
         out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
         with torch.inference_mode():
-            for group in _by_length(encoded, self.batch_size):
+            for group in by_length(encoded, self.batch_size):
                 enc = self.encoder.tensors([encoded[k] for k in group])
                 hidden = self._body(**enc).last_hidden_state.float()
                 if self.pooling == "cls":

@@ -15,7 +15,8 @@ from sqlalchemy.engine import Engine
 from adapters.base import HEAD_MODULE_NAMES
 from adapters.config import ModelSpec, default_base_model
 from adapters.errors import SwapRefused
-from adapters.fast import FastBase, FastPathUnavailable, PairEncoder, cpu_has_native_bf16, resolve_serving_path
+from adapters.fast import FastBase, FastPathUnavailable, cpu_has_native_bf16, resolve_serving_path
+from adapters.pair_encoder import PairEncoder
 from daemon.serving.control import registered_loader
 from daemon.serving.scorer import Scorer
 from daemon.tools.serving_quality import judgements, per_query_ndcg
