@@ -113,10 +113,7 @@ class TrainerProcess:
         except BaseException:
             self._stop.set()
             if proc.is_alive():
-                proc.join(grace)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join()
+                _kill_after(proc, grace)
             parent_conn.close()
             self._settle(CycleOutcome(run_id=run_id, trigger=trigger, status="cancelled",
                                       error="the process waiting for it was interrupted; no version kept"))
@@ -187,10 +184,18 @@ class TrainerProcess:
                 stop_deadline = stop_deadline or time.monotonic() + grace_s
                 if time.monotonic() > stop_deadline:
                     log.warning("training child did not stop within %.0fs: killing it", grace_s)
-                    proc.kill()  # it ignores SIGTERM (see child_main)
-                    proc.join()
+                    _kill_after(proc, 0)
                     return result
 
+
+
+def _kill_after(proc: Any, wait_s: float) -> None:
+    """Give an asked-to-stop child `wait_s` more seconds, then SIGKILL it (it ignores SIGTERM: see
+    `cycle.ignore_shutdown_signals`) and reap it."""
+    proc.join(wait_s)
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
 
 
 # --- the child dies with its parent ----------------------------------------------------------------
