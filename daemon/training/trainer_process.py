@@ -44,13 +44,15 @@ from daemon.training.messages import CycleOutcome, Progress, parse
 from storage import registry
 from storage.db import session_scope, write_patiently
 from storage.errors import DatabaseUnavailable
-from storage.lease import exclusive_training
+from storage.lease import DEFAULT_TTL_S, exclusive_training
 from storage.models import AdapterVersion, TrainingRun, as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 INTERRUPTED = "interrupted: the process that ran it ended before the run finished"
+LEASE_TAKEN = ("the training lease was taken by another process while this one could not renew it (database "
+               "unreachable for longer than the lease); stopped, no version kept")
 
 # spawn, not fork: the daemon has threads (Kafka IO, uvicorn, the scorer) that fork would copy mid-state.
 _CTX = mp.get_context("spawn")
@@ -62,14 +64,23 @@ ChildTarget = Callable[[Settings, int, str, MpEvent, Connection], None]
 class TrainerProcess:
     """Runs one training cycle at a time in a spawned child."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, target: ChildTarget = child_main) -> None:
+    def __init__(self, settings: Settings, engine: Engine, *, target: ChildTarget = child_main,
+                 lease_ttl_s: float = DEFAULT_TTL_S) -> None:
         self._settings = settings
         self._engine = engine
         self._target = target
-        self._stop = _CTX.Event()
+        self._lease_ttl_s = lease_ttl_s
+        self._stop = _CTX.Event()  # tells the child to stop: shutdown, or the lease was lost
+        self._shutdown = threading.Event()
+        self._lease_lost = threading.Event()
 
     def request_stop(self) -> None:
         """Ask a running child to stop at its next step (graceful shutdown)."""
+        self._shutdown.set()
+        self._stop.set()
+
+    def _on_lease_lost(self) -> None:
+        self._lease_lost.set()
         self._stop.set()
 
     def run(self, trigger: str, *, on_progress: Callable[[dict[str, Any]], None] | None = None,
@@ -79,9 +90,11 @@ class TrainerProcess:
         An exception in the caller's thread while it waits (a second Ctrl-C, a failing `on_progress`) stops
         the child (grace period, then SIGKILL), settles the run row and is raised again: no child is left
         training unattended and no row stays `running`. Another process training on this database
-        (`storage.lease.exclusive_training`) makes this one a `skipped` run that starts no child."""
-        self._stop.clear()  # before the row exists: a stop asked from here on reaches this run
-        with exclusive_training(self._engine) as mine:
+        (`storage.lease.exclusive_training`) makes this one a `skipped` run that starts no child; another
+        process that takes the lease while this one could not renew it stops this run (`cancelled`)."""
+        for event in (self._stop, self._shutdown, self._lease_lost):
+            event.clear()  # before the row exists: a stop asked from here on reaches this run
+        with exclusive_training(self._engine, self._lease_ttl_s, on_lost=self._on_lease_lost) as mine:
             if mine:
                 return self._run(trigger, on_progress, grace_s)
         reason = "another process is training on this database; this trigger is skipped"
@@ -126,14 +139,18 @@ class TrainerProcess:
             log.error("training run %d %s: %s", run_id, status, error)
             sweep_temp(self._settings.storage.artifacts_dir)
             result = CycleOutcome(run_id=run_id, trigger=trigger, status=status, error=error)
-        self._settle(result)
+        if self._lease_lost.is_set() and result.status == "cancelled":
+            result = result.model_copy(update={"error": LEASE_TAKEN})
+        self._settle(result, reason_overrides=self._lease_lost.is_set())
         return result
 
-    def _settle(self, outcome: CycleOutcome) -> None:
+    def _settle(self, outcome: CycleOutcome, *, reason_overrides: bool = False) -> None:
         """Make the registry agree with how the run ended, whatever the child could write: close its row if
         it is still `running` (the child died, or could not reach the database), and remove the version
         folders it wrote that no registry row names. An unreachable database is waited for until it answers
-        or a stop is asked; then the row stays `running` until the next start-up closes it."""
+        or a shutdown is asked; then the row stays `running` until the next start-up closes it.
+        `reason_overrides`: the parent knows better why a cancelled run stopped (the lease was lost) than
+        the child, which only saw its stop event."""
         root, run_id = self._settings.storage.artifacts_dir, outcome.run_id
 
         def settle(s: Session) -> list[str]:
@@ -141,6 +158,8 @@ class TrainerProcess:
             if run is not None and run.status == "running":
                 status = "failed" if outcome.status == "running" else outcome.status
                 registry.finish_run(session=s, run_id=run_id, status=status, error=outcome.error)
+            elif run is not None and reason_overrides and run.status == outcome.status == "cancelled":
+                run.error = outcome.error
             written = artifacts.versions_of_run(root, run_id)
             known = set(s.execute(select(col(AdapterVersion.version)).where(col(AdapterVersion.version).in_(written)))
                         .scalars()) if written else set()
@@ -148,7 +167,7 @@ class TrainerProcess:
 
         try:
             orphans = write_patiently(self._engine, settle, what=f"record how training run {run_id} ended",
-                                      patience_s=None, should_stop=self._stop.is_set)
+                                      patience_s=None, should_stop=self._shutdown.is_set)
         except DatabaseUnavailable as exc:
             log.error("%s; it is closed at the next start-up", exc)
             return

@@ -85,6 +85,39 @@ def test_a_held_lease_is_renewed_while_the_training_runs(engine, db_url):
         other.dispose()
 
 
+def test_a_lease_that_expired_is_renewed_unless_another_process_took_it(engine, db_url):
+    """A holder cut off longer than its lease: nobody took it, so the next renewal keeps it (no `on_lost`);
+    another process took it, so the next renewal calls `on_lost` and stops renewing."""
+    from sqlalchemy import update
+
+    from storage.lease import exclusive_training, try_acquire
+    from storage.models import TrainingLease, utcnow
+
+    def expire() -> None:  # the holder was cut off past its lease
+        with session_scope(engine) as s:
+            s.execute(update(TrainingLease).values(expires_at=utcnow() - timedelta(seconds=1)))
+
+    def take() -> None:  # ... and another process took the expired lease
+        with session_scope(engine) as s:
+            s.execute(update(TrainingLease).values(holder="other-host:1:thief",
+                                                   expires_at=utcnow() + timedelta(hours=1)))
+
+    lost = threading.Event()
+    other = make_engine(db_url)
+    try:
+        with exclusive_training(engine, ttl_s=0.6, on_lost=lost.set) as held:
+            assert held
+            expire()
+            threading.Event().wait(0.5)  # two renewal periods
+            assert not lost.is_set()
+            assert not try_acquire(other, "someone-else", ttl_s=60)  # renewed: held again
+            take()
+            assert lost.wait(5)
+        assert not try_acquire(other, "someone-else", ttl_s=60)  # still the thief's: not released by the loser
+    finally:
+        other.dispose()
+
+
 def test_feedback_insert_is_idempotent(engine):
     rows = [feedback(i) for i in range(20)]
     with session_scope(engine) as s:

@@ -170,3 +170,50 @@ def test_the_training_child_outlives_a_sigterm_sent_to_its_process_group() -> No
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "alive", proc.stderr[-2000:]
 
+
+
+def _steal_the_lease(engine: Engine) -> None:
+    """What another process does once this one's lease expired: take the row for itself."""
+    from sqlalchemy import update
+
+    from storage.models import TrainingLease
+
+    with session_scope(engine) as s:
+        s.execute(update(TrainingLease).values(holder="other-host:1:thief", expires_at=utcnow() + timedelta(hours=1)))
+
+
+def test_a_training_whose_lease_another_process_took_stops_and_keeps_nothing(
+        db: tuple[str, Engine, Settings]) -> None:
+    """The holder lost the database longer than its lease and another process took it: at the next renewal
+    the run stops (child asked to stop, row `cancelled` with the reason), and the lease stays the other's."""
+    import threading
+
+    from daemon.training.trainer_process import LEASE_TAKEN, TrainerProcess
+    from storage.lease import try_acquire
+    from tests.unit.training_targets import train_until_stopped
+
+    url, engine, settings = db
+    outcomes = []
+    trainer = TrainerProcess(settings, engine, target=train_until_stopped, lease_ttl_s=0.6)
+    runner = threading.Thread(target=lambda: outcomes.append(trainer.run("manual", grace_s=30)))
+    runner.start()
+    root = settings.storage.artifacts_dir
+    assert wait_until(lambda: bool(list(root.glob("child-*.pid"))), 120, "the child to start")
+    threading.Event().wait(1.0)  # a few renewals (every 0.2 s): the run goes on while its lease holds
+    assert runner.is_alive()
+    _steal_the_lease(engine)
+    runner.join(60)
+    assert not runner.is_alive()
+    (outcome,) = outcomes
+    assert outcome.status == "cancelled" and outcome.error == LEASE_TAKEN
+    (pid_file,) = root.glob("child-*.pid")
+    assert not _running(int(pid_file.read_text()))
+    with session_scope(engine) as s:
+        (run,) = registry.recent_runs(session=s, limit=5)
+        assert run.status == "cancelled" and run.error == LEASE_TAKEN, run
+    other = make_engine(url)
+    try:
+        assert not try_acquire(other, "someone-else", ttl_s=60)  # the thief's lease was not released by us
+    finally:
+        other.dispose()
+
