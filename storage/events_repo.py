@@ -8,15 +8,15 @@ import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, cast, func, select
+from sqlalchemy import Integer, cast, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlmodel import Session, col
 
-from storage.models import CatalogItem, FeedbackEvent
+from storage.models import CatalogItem, FeedbackEvent, as_utc, utcnow
 from storage.pg_copy import pg_copy_insert_feedback
 
 
@@ -210,6 +210,45 @@ def count_feedback(*, session: Session, since: datetime | None = None, labelled_
 
 def latest_ingested_at(*, session: Session) -> datetime | None:
     return session.execute(select(func.max(col(FeedbackEvent.ingested_at)))).scalar_one()
+
+
+# --- the new-data window: `ingested_at` in commit order ------------------------------------------------
+# A training records the newest `ingested_at` it read (its `data_cutoff`), and the next one takes the events
+# stamped after it as new. That is sound only if no event stamped at or before a cutoff can commit after the
+# cutoff was read. One writer at a time (SQLite's write lock, taken before the stamp) gives that by itself.
+# Several writers on PostgreSQL (ingest members) do not: a batch stamped earlier can commit later. So there
+# each write transaction is stamped with its own start on the server's clock (`transaction_timestamp()`,
+# which pg_stat_activity shows as `xact_start`), and a cutoff is held below the start of every transaction
+# still open when it is read (`settled_cutoff`). Events between that bound and the newest stamp may then
+# count as new for two trainings, never for none.
+SETTLE_MARGIN = timedelta(seconds=1)  # below the open transactions' start: the status entry is written at start
+
+
+def write_time(*, session: Session) -> datetime:
+    """The `ingested_at` for the rows the session's transaction writes. PostgreSQL: the transaction's start
+    on the server's clock (call it first in the transaction); SQLite: now (call it after taking the write
+    lock, `storage.db.write_scope`)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return as_utc(session.execute(select(func.transaction_timestamp())).scalar_one())
+    return utcnow()
+
+
+def settled_cutoff(*, session: Session) -> datetime | None:
+    """The newest `ingested_at` that no event still to commit can be stamped at or before (see above): the
+    newest stored stamp, on PostgreSQL held below now and below the start of every other open transaction
+    of this database. Sessions of another role are visible only with `pg_read_all_stats` (or as
+    superuser); run every ingest member under the daemon's role."""
+    if session.get_bind().dialect.name != "postgresql":
+        return latest_ingested_at(session=session)
+    session.execute(text("SELECT pg_stat_clear_snapshot()"))
+    now, oldest = session.execute(text(
+        "SELECT clock_timestamp(), min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")).one()
+    newest = latest_ingested_at(session=session)  # read after the open transactions: see above
+    if newest is None:
+        return None
+    bound = min(now, oldest) if oldest is not None else now
+    return min(as_utc(newest), as_utc(bound) - SETTLE_MARGIN)
 
 
 def recent_feedback(

@@ -22,10 +22,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from daemon.ingest.events import Parsed, Rejection
-from storage.db import session_scope
+from storage.db import write_scope
 from storage.errors import StorageError
-from storage.events_repo import insert_feedback, upsert_catalog
-from storage.models import utcnow
+from storage.events_repo import insert_feedback, upsert_catalog, write_time
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +98,20 @@ def _store_halving(engine: Engine, parsed: list[Parsed], out: WriteOutcome) -> N
 
 
 def _store(engine: Engine, parsed: list[Parsed]) -> WriteOutcome:
-    now = utcnow()
-    feedback: list[dict[str, Any]] = []
-    catalog: list[dict[str, Any]] = []
-    for p in parsed:  # the write time goes into the rows themselves (a retry sets it again)
-        if p.kind == "feedback":
-            p.row["ingested_at"] = now
-            feedback.append(p.row)
-        else:
-            p.row["updated_at"] = now
-            catalog.append(p.row)
     out = WriteOutcome()
-    with session_scope(engine) as session:
+    # the write lock first on SQLite, then the stamp: `ingested_at` must follow commit order (see
+    # `storage.events_repo.settled_cutoff`); on PostgreSQL the stamp is the transaction's start
+    with write_scope(engine) as session:
+        now = write_time(session=session)
+        feedback: list[dict[str, Any]] = []
+        catalog: list[dict[str, Any]] = []
+        for p in parsed:  # the write time goes into the rows themselves (a retry sets it again)
+            if p.kind == "feedback":
+                p.row["ingested_at"] = now
+                feedback.append(p.row)
+            else:
+                p.row["updated_at"] = now
+                catalog.append(p.row)
         if feedback:  # any number of rows in one call (COPY on PostgreSQL, executemany on SQLite)
             res = insert_feedback(session=session, rows=feedback)
             out.stored += res.stored

@@ -45,10 +45,11 @@ REGISTRY_PATIENCE_S = 120.0  # how long a trained candidate waits for an unreach
 
 
 def load_groups(settings: Settings, engine: Engine) -> tuple[list[QueryGroup], list[QueryGroup], datetime | None]:
-    """(new groups since the last run's cutoff, older groups for replay/regression, newest ingested_at)."""
+    """(new groups since the last run's cutoff, older groups for replay/regression, this run's cutoff: the
+    newest `ingested_at` no event still to commit can fall behind, `events_repo.settled_cutoff`)."""
     with session_scope(engine) as s:
         cutoff_before = registry.last_data_cutoff(session=s)
-        newest = events_repo.latest_ingested_at(session=s)
+        newest = events_repo.settled_cutoff(session=s)
         events = events_repo.recent_feedback(session=s, limit=settings.train.max_groups * EVENTS_PER_GROUP)
         catalog = events_repo.catalog_items(session=s, item_ids=sorted({e.item_id for e in events}))
     texts = {item_id: product_text(item.model_dump()) for item_id, item in catalog.items()}

@@ -4,17 +4,22 @@ refusals still raised as SQLAlchemy errors, every write inside the caller's tran
 from __future__ import annotations
 
 import threading
+from datetime import datetime
+from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError
+from sqlmodel import Session, col
 
 from daemon.ingest.events import ParseConfig, Parsed, parse_record
 from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.ingest.writer import write_batch
 from storage import events_repo
-from storage.db import make_engine, session_scope
+from storage.db import make_engine, session_scope, upgrade
+from storage.models import FeedbackEvent, as_utc, utcnow
+from tests.fixtures.ingest import wait_until
 from tests.unit.test_storage import feedback
 
 CFG = ParseConfig(feedback_topic="fb", catalog_topic="cat", max_message_bytes=65536)
@@ -93,3 +98,87 @@ def test_two_members_writing_overlapping_batches_at_once_store_each_event_once(d
     stored = _stored(engine)
     assert len(stored) == len({e for e, _ in stored}) == 240
     assert sum(r.stored for r in results) == 240
+
+
+def _batch(lo: int, n: int) -> list[Parsed]:
+    value = b'{"event_id": "e%d", "ts": "2026-11-01T12:00:00Z", "query": "q", "item_id": "i", "action": "click"}'
+    out = []
+    for i in range(lo, lo + n):
+        p = parse_record("fb", 0, i, None, value % i, config=CFG, pseudonymize=Pseudonymizer(None))
+        assert isinstance(p, Parsed)
+        out.append(p)
+    return out
+
+
+def _ingested_at(engine: Engine, ids: list[str]) -> list[datetime]:
+    with session_scope(engine) as s:
+        rows = s.execute(select(FeedbackEvent.ingested_at).where(col(FeedbackEvent.event_id).in_(ids))).scalars()
+        return [as_utc(t) for t in rows]
+
+
+@pytest.mark.postgres
+def test_a_batch_that_commits_late_is_still_new_data_after_a_cutoff_read_meanwhile(db_url: str, engine: Engine) -> None:
+    """Two ingest members on PostgreSQL: member A's write has begun and waits (a third transaction holds one of
+    its event ids); member B writes and commits a later batch; a training reads its cutoff now. A's events,
+    committed after that read, must still be newer than the cutoff: they count as new data for the next
+    training. (Stamped before the write and cut off at the newest stamp, they fell behind it for good.)"""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("several writers at once: PostgreSQL")
+    member_b, blocker_engine = make_engine(db_url), make_engine(db_url)
+    batch_a, batch_b = _batch(0, 20), _batch(100, 20)
+    try:
+        with blocker_engine.connect() as blocker:
+            blocker.begin()
+            events_repo.insert_feedback(session=Session(bind=blocker), rows=[feedback(0)])  # A's "e0", uncommitted
+            writing = threading.Thread(target=write_batch, args=(engine, batch_a))
+            writing.start()
+            assert wait_until(lambda: _waiting_on_a_lock(blocker_engine), 30, "member A to wait on the lock")
+            assert write_batch(member_b, batch_b).stored == 20
+            with session_scope(engine) as s:
+                cutoff = events_repo.settled_cutoff(session=s)
+                newest = events_repo.latest_ingested_at(session=s)
+            blocker.rollback()
+        writing.join(30)
+        assert not writing.is_alive()
+        assert cutoff is not None and newest is not None
+        stamps_a = _ingested_at(engine, [f"e{i}" for i in range(20)])
+        assert len(stamps_a) == 20
+        assert max(stamps_a) < as_utc(newest)  # A began first: the newest stamp alone would have hidden it
+        assert min(stamps_a) > cutoff
+        with session_scope(engine) as s:
+            assert events_repo.count_feedback(session=s, since=cutoff) == 40
+    finally:
+        member_b.dispose()
+        blocker_engine.dispose()
+
+
+def _waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as c:
+        return bool(c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                   "AND wait_event_type = 'Lock'")).scalar())
+
+
+def test_sqlite_stamps_a_batch_after_taking_the_write_lock(tmp_path: Path) -> None:
+    """One writer at a time on SQLite: a batch that waited for the lock is stamped after the rows of the
+    transaction it waited for, so `ingested_at` follows commit order. (Stamped before waiting, it was older
+    than rows committed before it.)"""
+    url = f"sqlite:///{tmp_path / 'order.db'}"
+    engine, blocker_engine = make_engine(url), make_engine(url)
+    upgrade(engine)
+    try:
+        with blocker_engine.connect() as blocker:
+            blocker.begin()
+            events_repo.insert_feedback(session=Session(bind=blocker), rows=[feedback(900)])  # the write lock
+            writing = threading.Thread(target=write_batch, args=(engine, _batch(0, 20)))
+            writing.start()
+            threading.Event().wait(0.5)  # A is waiting for the lock
+            stamped = utcnow()
+            events_repo.insert_feedback(session=Session(bind=blocker), rows=[feedback(901, ingested_at=stamped)])
+            blocker.commit()
+        writing.join(30)
+        assert not writing.is_alive()
+        stamps_a = _ingested_at(engine, [f"e{i}" for i in range(20)])
+        assert len(stamps_a) == 20 and min(stamps_a) > stamped
+    finally:
+        engine.dispose()
+        blocker_engine.dispose()
