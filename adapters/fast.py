@@ -35,6 +35,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from adapters.base import HEAD_MODULE_NAMES, dequantized_weights, load_base
 from adapters.config import SERVING_PATHS, ModelSpec, ServingPath
 from adapters.errors import AdapterError, SwapRefused
+from adapters.lora_config import refusal
 from adapters.pair_encoder import CACHE_SIZE, PairEncoder, by_length
 from adapters.ranker import Ranker, config_from_dict
 
@@ -116,7 +117,6 @@ class FastBase:
         self.encoder = PairEncoder(plain.tokenizer, spec.max_seq_len)
         self.sentence = ranker.base.is_sentence_encoder
         self.pooling = ranker.base.pooling
-        self.model_id = ranker.base.model_id
         prefix = self.template.base_model_prefix
         # Zero-shot embeddings stay fp32 (int8 moved cosines by up to 0.15): they are cached per text, so
         # they cost one forward per new text, not per request.
@@ -164,9 +164,9 @@ class FastBase:
                 peft_config: dict[str, Any]) -> tuple[torch.nn.Module | None, float | None]:
         if version == BASE:
             return (None, None) if self.sentence else (self.finish(copy.deepcopy(self.template)), None)
-        trained_on = peft_config.get("base_model_name_or_path")
-        if trained_on and trained_on != self.model_id:
-            raise SwapRefused(f"version {version} was trained on base {trained_on}, this scorer runs {self.model_id}")
+        why = refusal(peft_config, self.ranker.base.identity)
+        if why:
+            raise SwapRefused(f"version {version} {why}")
         scale = self.ranker.scale_for(peft_config)
         lora = config_from_dict(peft_config)
         self._check_keys(version, state, lora)

@@ -7,11 +7,13 @@ from typing import Any
 
 from peft import LoraConfig
 
+from adapters.config import BaseIdentity
 from adapters.errors import AdapterMismatch
 
-__all__ = ["SCORING_KEY", "config_from_dict", "jsonable"]
+__all__ = ["QUANTIZATION_KEY", "SCORING_KEY", "config_from_dict", "jsonable", "refusal"]
 
 SCORING_KEY = "ranktune_scoring"  # ranktune's own key in a stored adapter config: the scoring rule
+QUANTIZATION_KEY = "ranktune_base_quantization"  # ranktune's own key: the quantization it was trained on
 
 
 def jsonable(v: Any) -> Any:
@@ -26,6 +28,12 @@ def jsonable(v: Any) -> Any:
     return v
 
 
+def refusal(peft_config: dict[str, Any], identity: BaseIdentity) -> str | None:
+    """Why an adapter with this stored config cannot run on a base of `identity` (see
+    `BaseIdentity.refusal`); None when it can."""
+    return identity.refusal(peft_config.get("base_model_name_or_path"), peft_config.get(QUANTIZATION_KEY))
+
+
 def config_from_dict(d: dict[str, Any]) -> LoraConfig:
     """A LoraConfig from an adapter's stored config dict (ranktune's own keys dropped); AdapterMismatch if invalid."""
     if d.get("peft_type") not in ("LORA", None):
@@ -34,6 +42,7 @@ def config_from_dict(d: dict[str, Any]) -> LoraConfig:
     clean.pop("peft_type", None)
     clean.pop("base_model_name_or_path", None)  # provenance only; peft would look for a folder there
     clean.pop(SCORING_KEY, None)  # ranktune's own; checked by Ranker.add_adapter
+    clean.pop(QUANTIZATION_KEY, None)  # ranktune's own provenance; checked at swap (BaseIdentity)
     clean["inference_mode"] = True
     # Stored weights replace whatever LoRA starts from; an initialisation that rewrites the base's own
     # weights (pissa, olora, loftq, ...) would change the frozen base shared by every version.

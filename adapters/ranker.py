@@ -39,7 +39,7 @@ from peft.utils import ModulesToSaveWrapper, get_peft_model_state_dict, set_peft
 from adapters.base import LoadedBase, default_lora_targets, load_base
 from adapters.config import LoraSpec, ModelSpec
 from adapters.errors import AdapterMismatch, AdapterNameTaken, AdapterNotFound
-from adapters.lora_config import SCORING_KEY, config_from_dict, jsonable
+from adapters.lora_config import QUANTIZATION_KEY, SCORING_KEY, config_from_dict, jsonable
 from adapters.ranker_forward import RESIDUAL_SCALE, RankerForward
 
 __all__ = ["ACTIVE", "RESIDUAL_SCALE", "Ranker", "config_from_dict"]
@@ -197,6 +197,7 @@ class Ranker(RankerForward):
         out = {k: jsonable(v) for k, v in raw.items()}
         out["inference_mode"] = True
         out["base_model_name_or_path"] = self.base.model_id
+        out[QUANTIZATION_KEY] = self.base.quantization
         out[SCORING_KEY] = self._rule(name)
         return out
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from adapters.errors import AdapterNameTaken, SwapRefused
+from adapters.lora_config import refusal
 from adapters.ranker import Ranker
 
 __all__ = ["BASE", "PROBE_PAIRS", "AdapterSwapper", "Staged"]
@@ -69,10 +70,9 @@ class AdapterSwapper:
         """Add `version`'s weights under a new unique name (not active yet). `BASE` stages nothing."""
         if version == BASE:
             return Staged(BASE, None)
-        trained_on = peft_config.get("base_model_name_or_path")
-        if trained_on and trained_on != self.ranker.base.model_id:
-            raise SwapRefused(f"version {version} was trained on base {trained_on}, "
-                              f"this scorer runs {self.ranker.base.model_id}")
+        why = refusal(peft_config, self.ranker.base.identity)
+        if why:
+            raise SwapRefused(f"version {version} {why}")
         for _ in range(_MAX_NAME_TRIES):
             name = f"{version}__{next(self._counter)}"
             try:

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         action = args.adapters_action
         if action in ("promote", "rollback"):
-            from adapters.config import base_model_id
+            from adapters.config import BaseIdentity, base_model_ids, expected_quantization
             from daemon.serving.control import ControlPublisher, check_version
             from daemon.training.promotion import promote, rollback
 
@@ -65,7 +65,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 common: dict[str, Any] = {"engine": engine, "actor": args.actor, "reason": args.reason,
                                           "artifacts_dir": settings.storage.artifacts_dir,
                                           "publish": publisher.publish if publisher else None,
-                                          "base_model": base_model_id(settings.model.base_path)}
+                                          "serving": BaseIdentity(base_model_ids(settings.model.base_path),
+                                                                  expected_quantization(settings.model.quantization))}
                 result = (promote(version=check_version(args.version), **common) if action == "promote"
                           else rollback(**common))
             finally:

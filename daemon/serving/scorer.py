@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adapters.artifacts import LoadedAdapter
+from adapters.config import BaseIdentity
 from adapters.errors import SwapRefused
 from adapters.fast import FAST_PATHS, FastBase, FastModel, resolve_serving_path
 from adapters.ranker import Ranker
@@ -150,10 +151,10 @@ class Scorer:
         return lambda pairs: ranker.score_pairs(pairs)
 
     @property
-    def base_model(self) -> str:
-        """The identity of the base this scorer runs (`adapters.config.base_model_id`): it serves only adapters
-        trained on it."""
-        return self._swapper.ranker.base.model_id
+    def base_identity(self) -> BaseIdentity:
+        """The base and quantization this scorer runs (`adapters.config.BaseIdentity`): it serves only adapters
+        trained on them."""
+        return self._swapper.ranker.base.identity
 
     @property
     def serving_path(self) -> str:

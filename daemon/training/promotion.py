@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from adapters.artifacts import load_adapter
+from adapters.config import BaseIdentity
 from daemon.errors import BrokerUnavailable
 from daemon.serving.control import ControlMessage, check_version
 from daemon.training.messages import CycleOutcome
@@ -53,29 +54,29 @@ class ActionResult:
                 "audit_id": self.audit_id, "published": self.published, "publish_error": self.publish_error}
 
 
-def _verify(session: Session, artifacts_dir: Path | None, version: str, base_model: str | None = None) -> None:
+def _verify(session: Session, artifacts_dir: Path | None, version: str, serving: BaseIdentity | None = None) -> None:
     """Raise VersionNotFound, ArtifactMissing or ArtifactCorrupt unless `version` can be served; with
-    `base_model` (the base the scorers run, `adapters.config.base_model_id`), InvalidTransition when the
-    version was trained on another base: every scorer would refuse it and keep serving the old champion."""
+    `serving` (the base and quantization the scorers run), InvalidTransition when the version was trained on
+    another base or quantization: every scorer would refuse it and keep serving the old champion."""
     if version == registry.BASE:
         return
     row = registry.get_version(session=session, version=version)
-    if base_model is not None and row.base_model != base_model:
-        raise InvalidTransition(f"version {version} was trained on base {row.base_model}; the scorers run "
-                                f"{base_model}, so they would refuse it (RANKTUNE_MODEL_PATH)")
+    why = serving.refusal(row.base_model, row.quantization) if serving is not None else None
+    if why:
+        raise InvalidTransition(f"version {version} {why}, and the scorers would refuse it")
     if artifacts_dir is not None:
         load_adapter(artifacts_dir, version, expected_checksum=row.checksum)
 
 
 def promote(*, engine: Engine, version: str, actor: str, reason: str | None = None, action: str = "promote",
             expected: str | None = None, artifacts_dir: Path | None = None,
-            publish: Publish | None = None, base_model: str | None = None) -> ActionResult:
+            publish: Publish | None = None, serving: BaseIdentity | None = None) -> ActionResult:
     """Make `version` (or `base`) the champion; with `expected`, only if the champion is still that one
-    (else ChampionChanged). With `artifacts_dir`, the artifact is verified first; with `base_model`, that
-    the version was trained on that base (see `_verify`)."""
+    (else ChampionChanged). With `artifacts_dir`, the artifact is verified first; with `serving`, that
+    the version was trained on that base and quantization (see `_verify`)."""
     check_version(version)
     with session_scope(engine) as s:  # reading an artifact takes a while: outside the write lock
-        _verify(s, artifacts_dir, version, base_model)
+        _verify(s, artifacts_dir, version, serving)
     with write_scope(engine) as s:
         row = registry.promote(session=s, version=version, actor=actor, reason=reason, action=action,
                                expected=expected)
@@ -85,13 +86,13 @@ def promote(*, engine: Engine, version: str, actor: str, reason: str | None = No
 
 def rollback(*, engine: Engine, actor: str, reason: str | None = None, expected: str | None = None,
              artifacts_dir: Path | None = None, publish: Publish | None = None,
-             base_model: str | None = None) -> ActionResult:
-    """Go back to the previous champion (see `promote` for `expected`, `artifacts_dir` and `base_model`)."""
+             serving: BaseIdentity | None = None) -> ActionResult:
+    """Go back to the previous champion (see `promote` for `expected`, `artifacts_dir` and `serving`)."""
     with session_scope(engine) as s:
         target = registry.get_alias(session=s, name=registry.PREVIOUS)
         if target is None:
             raise InvalidTransition("there is no previous champion to roll back to")
-        _verify(s, artifacts_dir, target, base_model)
+        _verify(s, artifacts_dir, target, serving)
     with write_scope(engine) as s:
         # the target checked above, or nothing: a promotion in between changes what `previous` names
         row = registry.rollback(session=s, actor=actor, reason=reason, expected=expected, to=target)

@@ -186,6 +186,15 @@ def test_operator_actions(client: TestClient, sqlite_engine: Engine, make_versio
     assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_transition", r.text
     assert "another-base@0123456789ab" in r.json()["error"]["message"]
     assert _audit_count(sqlite_engine) == n
+    # ... and one trained on this base quantized otherwise than the scorer runs it
+    with session_scope(sqlite_engine) as s:
+        row = registry.get_version(session=s, version=v2)
+        row.base_model = registry.get_version(session=s, version=v1).base_model
+        row.quantization = "none" if row.quantization != "none" else "int8"
+        other = row.quantization
+    r = client.post(f"/v1/adapters/{v2}/promote", headers=AUTH)
+    assert r.status_code == 409 and f"trained on the {other}-quantized base" in r.json()["error"]["message"], r.text
+    assert _audit_count(sqlite_engine) == n
     assert client.get("/v1/adapters", headers=AUTH).json()["champion"] == v1
 
     for bad in ("v1", "v0001.bak", "V0001", "..", "v0001%2F..%2F..%2Fetc"):

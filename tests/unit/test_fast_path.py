@@ -153,6 +153,10 @@ def test_broken_version_is_refused_by_its_probe(nf4: Any, fast_bases: dict[str, 
         fb.build("v0009", {**state, lora_a: state[lora_a][:1]}, cfg)
     with pytest.raises(SwapRefused, match="trained on base"):
         fb.build("v0009", state, {**cfg, "base_model_name_or_path": "other@123"})
+    with pytest.raises(SwapRefused, match="trained on the int8-quantized base; this runs it nf4"):
+        fb.build("v0009", state, {**cfg, "ranktune_base_quantization": "int8"})
+    # a version recorded with the base's fingerprint from before stop 26 still serves
+    fb.build("v0009", state, {**cfg, "base_model_name_or_path": fb.ranker.base.legacy_id}).probe(PAIRS)
 
 
 @pytest.mark.slow

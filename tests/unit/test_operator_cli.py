@@ -57,6 +57,7 @@ def test_cli_adapters_and_status(
     monkeypatch.setenv("RANKTUNE_STORAGE_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
     monkeypatch.setenv("RANKTUNE_STORAGE_ARTIFACTS_DIR", str(artifacts_dir))
     monkeypatch.setenv("USER", "dora")
+    monkeypatch.setenv("RANKTUNE_MODEL_QUANTIZATION", "none")  # as the scorers (and the versions' training) run
 
     def run(*argv: str) -> tuple[int, str]:
         code = cli_main(list(argv))
@@ -96,5 +97,12 @@ def test_cli_adapters_and_status(
     code = cli_main(["adapters", "promote", v2, "--no-publish"])
     err = capsys.readouterr().err
     assert code == 1 and "trained on base another-base@0123456789ab" in err, err
+    # ... and one trained on this base quantized otherwise than RANKTUNE_MODEL_QUANTIZATION says
+    with session_scope(sqlite_engine) as s:
+        row = registry.get_version(session=s, version=v2)
+        row.base_model, row.quantization = registry.get_version(session=s, version=v1).base_model, "int8"
+    code = cli_main(["adapters", "promote", v2, "--no-publish"])
+    err = capsys.readouterr().err
+    assert code == 1 and "on the int8-quantized base; this runs it none (RANKTUNE_MODEL_QUANTIZATION)" in err, err
     code, out = run("adapters", "list", "--json")
     assert json.loads(out)["champion"] == v1

@@ -81,7 +81,7 @@ def promote(version: str, request: Request, body: ActionIn | None = Body(None),
             ctx: ApiContext = Depends(get_ctx)) -> ActionOut:
     result = promotion.promote(engine=ctx.engine, version=check_version(version), actor=_actor(request, body),
                               reason=body.reason if body else None, artifacts_dir=ctx.settings.storage.artifacts_dir,
-                              publish=ctx.publish, base_model=ctx.scorer.base_model)
+                              publish=ctx.publish, serving=ctx.scorer.base_identity)
     return _act(ctx, result)
 
 
@@ -89,5 +89,5 @@ def promote(version: str, request: Request, body: ActionIn | None = Body(None),
 def rollback(request: Request, body: ActionIn | None = Body(None), ctx: ApiContext = Depends(get_ctx)) -> ActionOut:
     result = promotion.rollback(engine=ctx.engine, actor=_actor(request, body), reason=body.reason if body else None,
                                artifacts_dir=ctx.settings.storage.artifacts_dir, publish=ctx.publish,
-                               base_model=ctx.scorer.base_model)
+                               serving=ctx.scorer.base_identity)
     return _act(ctx, result)
