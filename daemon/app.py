@@ -34,7 +34,7 @@ from daemon.errors import StartupCheckFailed
 from daemon.health import Health
 from daemon.ingest.consumer import Ingestor
 from daemon.ingest.stats import IngestStats
-from daemon.ingest.writer import bound_sqlite_wait
+from daemon.ingest.writer import make_ingest_engine
 from daemon.lifecycle import install_signal_handlers
 from daemon.metrics import Metrics
 from daemon.ops import OpsServer
@@ -147,11 +147,11 @@ class Application:
             self._start_scheduler(stack, engine)
 
     def _start_ingest(self, stack: ExitStack) -> None:
-        # an engine of its own, whose SQLite lock wait is bounded: a locked database holds the batch and
-        # pauses the partitions instead of stalling the poll loop past max_poll_interval
-        engine = make_engine(self.settings.storage.sqlalchemy_url, **self.settings.storage.engine_options)
+        # an engine of its own, whose waits are bounded: a stuck database holds the batch and pauses the
+        # partitions instead of stalling the poll loop past max_poll_interval
+        engine = make_ingest_engine(self.settings.storage.sqlalchemy_url, self.settings.storage.engine_options,
+                                    self.settings.kafka.max_poll_interval_ms)
         stack.callback(engine.dispose)
-        bound_sqlite_wait(engine, min(5.0, self.settings.kafka.max_poll_interval_ms / 4000))
         self.ingestor = Ingestor(self.settings, engine, stats=self.stats, create_topics=self._create_topics)
         self.metrics.add_ingest_source(self.stats.snapshot)
         self.health.adopt(self.ingestor.heartbeat)

@@ -22,7 +22,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from daemon.ingest.events import Parsed, Rejection
-from storage.db import write_scope
+from daemon.settings_groups import EngineOptions
+from storage.db import make_engine, write_scope
 from storage.errors import StorageError
 from storage.events_repo import insert_feedback, upsert_catalog, write_time
 
@@ -40,6 +41,20 @@ class WriteOutcome:
     stored: int = 0
     duplicates: int = 0
     refused: list[Rejection] = field(default_factory=list)
+
+
+def make_ingest_engine(url: str, options: EngineOptions, max_poll_interval_ms: int) -> Engine:
+    """The ingest loop's own engine, on which one wait for the database lasts at most a quarter of
+    `max_poll_interval_ms`: SQLite's lock wait (and at most 5 s, `bound_sqlite_wait`), PostgreSQL's
+    statement timeout (the configured one when shorter). A stuck database then fails the write, which holds
+    the batch and pauses the partitions, instead of keeping the loop from polling until the group drops the
+    member (the general statement timeout, 120 s by default, is twice the default poll interval)."""
+    bound_ms = max(1, max_poll_interval_ms // 4)
+    configured = options["statement_timeout_ms"]
+    engine = make_engine(url, connect_timeout_s=options["connect_timeout_s"],
+                         statement_timeout_ms=min(configured, bound_ms) if configured else bound_ms)
+    bound_sqlite_wait(engine, min(5.0, bound_ms / 1000))
+    return engine
 
 
 def bound_sqlite_wait(engine: Engine, seconds: float) -> None:

@@ -37,12 +37,12 @@ from kafka import KafkaConsumer
 from daemon.ingest.consumer import Ingestor
 from daemon.ingest.kafka_client import client_kwargs, ensure_topics
 from daemon.ingest.stats import IngestStats
-from daemon.ingest.writer import bound_sqlite_wait
+from daemon.ingest.writer import make_ingest_engine
 from daemon.settings import Settings
 from daemon.tools.broker import EmbeddedBroker
 from daemon.tools.sim_output import produce_kafka
 from daemon.tools.simulate import SimConfig, generate
-from storage.db import ensure_schema, make_engine
+from storage.db import ensure_schema
 
 TARGET_RATIO = 0.5  # of raw kafka-python with crc32c (a default dependency), on SQLite (issue #16)
 TARGET_DB_EVENTS_PER_S = 30000.0  # end to end into PostgreSQL (`--database-url`) on a 2-core machine
@@ -123,10 +123,10 @@ def _ranktune(settings: Settings, total: int, label: str) -> dict[str, Any]:
     # A full collection left pending by the set-up (generating and producing the records) costs ~0.1 s
     # and would land in whichever run happens to be going: collect it before each run instead.
     gc.collect()
-    engine = make_engine(settings.storage.sqlalchemy_url, **settings.storage.engine_options)
+    engine = make_ingest_engine(settings.storage.sqlalchemy_url, settings.storage.engine_options,
+                                settings.kafka.max_poll_interval_ms)
     try:
         ensure_schema(engine)
-        bound_sqlite_wait(engine, min(5.0, settings.kafka.max_poll_interval_ms / 4000))
         stats = _TimedStats(total)
         ingestor = Ingestor(settings.replace(**{"kafka_group": f"{settings.kafka.group}-{label}"}),
                             engine, stats=stats, create_topics=False)

@@ -182,3 +182,26 @@ def test_sqlite_stamps_a_batch_after_taking_the_write_lock(tmp_path: Path) -> No
     finally:
         engine.dispose()
         blocker_engine.dispose()
+
+
+def test_the_ingest_engine_bounds_each_wait_to_a_quarter_of_the_poll_interval(db_url: str, engine: Engine) -> None:
+    """The general statement timeout (120 s) is twice the poll interval (60 s): one stuck statement used to cost
+    the member its place in the group. The ingest engine waits at most 15 s (or the configured timeout when
+    shorter; SQLite's lock wait at most 5 s)."""
+    from daemon.ingest.writer import make_ingest_engine
+
+    def waits(statement_timeout_ms: int) -> str:
+        eng = make_ingest_engine(db_url, {"connect_timeout_s": 5, "statement_timeout_ms": statement_timeout_ms},
+                                 max_poll_interval_ms=60_000)
+        try:
+            with eng.connect() as c:
+                if eng.dialect.name == "postgresql":
+                    return str(c.execute(text("SHOW statement_timeout")).scalar())
+                return str(c.execute(text("PRAGMA busy_timeout")).scalar())
+        finally:
+            eng.dispose()
+
+    if engine.dialect.name == "postgresql":
+        assert [waits(120_000), waits(5_000), waits(0)] == ["15s", "5s", "15s"]
+    else:
+        assert waits(120_000) == "5000"
