@@ -124,6 +124,7 @@ class TrainerProcess:
             child_conn.close()
             result = self._wait(proc, parent_conn, on_progress, grace)
         except BaseException:
+            self._shutdown.set()  # the caller gives up: settling must not wait for the database forever
             self._stop.set()
             if proc.is_alive():
                 _kill_after(proc, grace)
@@ -141,16 +142,15 @@ class TrainerProcess:
             result = CycleOutcome(run_id=run_id, trigger=trigger, status=status, error=error)
         if self._lease_lost.is_set() and result.status == "cancelled":
             result = result.model_copy(update={"error": LEASE_TAKEN})
-        self._settle(result, reason_overrides=self._lease_lost.is_set())
+        self._settle(result)
         return result
 
-    def _settle(self, outcome: CycleOutcome, *, reason_overrides: bool = False) -> None:
+    def _settle(self, outcome: CycleOutcome) -> None:
         """Make the registry agree with how the run ended, whatever the child could write: close its row if
         it is still `running` (the child died, or could not reach the database), and remove the version
         folders it wrote that no registry row names. An unreachable database is waited for until it answers
-        or a shutdown is asked; then the row stays `running` until the next start-up closes it.
-        `reason_overrides`: the parent knows better why a cancelled run stopped (the lease was lost) than
-        the child, which only saw its stop event."""
+        or a shutdown is asked; then the row stays `running` until the next start-up closes it. A run the
+        lease's loss stopped gets that reason, which the child, seeing only its stop event, could not give."""
         root, run_id = self._settings.storage.artifacts_dir, outcome.run_id
 
         def settle(s: Session) -> list[str]:
@@ -158,8 +158,8 @@ class TrainerProcess:
             if run is not None and run.status == "running":
                 status = "failed" if outcome.status == "running" else outcome.status
                 registry.finish_run(session=s, run_id=run_id, status=status, error=outcome.error)
-            elif run is not None and reason_overrides and run.status == outcome.status == "cancelled":
-                run.error = outcome.error
+            elif run is not None and run.status == "cancelled" and outcome.error == LEASE_TAKEN:
+                run.error = LEASE_TAKEN
             written = artifacts.versions_of_run(root, run_id)
             known = set(s.execute(select(col(AdapterVersion.version)).where(col(AdapterVersion.version).in_(written)))
                         .scalars()) if written else set()
