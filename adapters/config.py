@@ -213,3 +213,10 @@ class GateConfig(FrozenConfig):
     power: float = Field(
         0.8, ge=0.5, lt=1, description="Power behind the smallest detectable gain the gate reports: "
         "(z(confidence) + z(power)) x bootstrap SE.")
+    offpage_items: int = Field(
+        10, ge=0, le=100, description="Items of other pages added to each holdout page for the off-page check "
+        "(0: no check): a candidate must not rank them above the page's clicked items more often than the "
+        "champion does.")
+    offpage_tolerance: float = Field(
+        0.01, ge=0, le=1, description="Largest drop allowed in the share of (clicked item, off-page item) pairs "
+        "ordered right.")

@@ -24,6 +24,7 @@ __all__ = [
     "mrr",
     "ndcg_at_k",
     "ndcg_from_gains",
+    "offpage_accuracy",
     "rank_order",
 ]
 
@@ -186,3 +187,25 @@ def evaluate_groups(
         per_group_ndcg=ndcgs,
         n_groups=len(ndcgs),
     )
+
+
+def offpage_accuracy(score_fn: Callable[[str, Sequence[str]], np.ndarray], groups: Sequence[_Group],
+                     n_page: Sequence[int]) -> list[float]:
+    """Per group: how often the model scores a clicked item of the page above an item added from other
+    pages (`gate.OffpageHoldout`: the first `n_page[i]` items of `groups[i]` are its page, the rest were
+    added), as `auc` over those two sets (ties count half); NaN where either set is empty.
+
+    A page holds what retrieval found for its query; a model can learn to order pages better while ranking
+    products that do not match at all above relevant ones (the LoRA adapter did, in `bench learn`), which
+    no metric on the pages themselves can see. The gate compares this per group (`gate.decide`)."""
+    out: list[float] = []
+    for g, n in zip(groups, n_page, strict=True):
+        labels = np.asarray(g.labels)
+        clicked, added = np.flatnonzero(labels[:n] > 0), np.arange(n, labels.size)
+        if not clicked.size or not added.size:
+            out.append(float("nan"))
+            continue
+        keep = np.concatenate([clicked, added])
+        scores = np.asarray(score_fn(g.query, [g.texts[i] for i in keep]), dtype=np.float64)
+        out.append(float(auc(scores, (keep < n).astype(np.int64)) or 0.0))  # both classes present: never None
+    return out

@@ -106,9 +106,11 @@ def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreF
 def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int,
                    n_pos: int, curve: Any, holdout: Sequence[Any], judged: Sequence[dict[str, Any]],
                    zs_gt: Sequence[float], served: Sequence[dict[str, Any]], zs_served: Sequence[float],
-                   fair_zero: Sequence[float], raw_zero: Sequence[float]) -> dict[str, Any]:
+                   fair_zero: Sequence[float], raw_zero: Sequence[float], offpage: Any,
+                   offpage_zero: Sequence[float] | None) -> dict[str, Any]:
     """Train one learner on `data`, then judge it: ground truth on unseen queries, and the gate against
-    zero-shot on the click holdout, debiased (`fair`) and raw. Returns its row of the table."""
+    zero-shot on the click holdout, debiased (`fair`) and raw, both with the off-page check (`offpage`, a
+    `gate.OffpageHoldout`, and zero-shot's accuracies on it). Returns its row of the table."""
     from adapters.config import GateConfig, TrainConfig
     from adapters.gate import decide
     from adapters.ranking_metrics import evaluate_groups
@@ -133,9 +135,11 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
     gt = judged_ndcg(cand, judged)
     gt_served = judged_ndcg(cand, served)
     gate_cfg = GateConfig()
+    off: dict[str, Any] = {"candidate_offpage": offpage.accuracy(cand) if offpage else None,
+                           "champion_offpage": offpage_zero}
     fair = decide(evaluate_groups(cand, holdout, propensity=curve.values, max_weight=opts["ips_max_weight"]
-                                  ).per_group_ndcg, fair_zero, None, None, gate_cfg, seed=seed)
-    raw = decide(evaluate_groups(cand, holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed)
+                                  ).per_group_ndcg, fair_zero, None, None, gate_cfg, seed=seed, **off)
+    raw = decide(evaluate_groups(cand, holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed, **off)
     if opts["model"] != "proxy":
         ranker.delete_adapter(name)
     gain, se = paired_gain(gt, zs_gt)
@@ -144,6 +148,7 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
         "gt_ndcg10": float(np.mean(gt)), "gt_gain": gain, "gt_gain_se": se,
         "gt_served_ndcg10": float(np.mean(gt_served)), "gt_served_gain": served_gain, "gt_served_gain_se": served_se,
         "fair_gate": fair.passed, "fair_gain": fair.ndcg_gain, "fair_p": fair.bootstrap_p_gain,
+        "offpage_delta": fair.offpage_delta,
         "min_detectable_gain": fair.min_detectable_gain,
         "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
         "train_s": round(res_s, 1), "steps": steps, "best_step": best_step, "residual_scale": scale,
@@ -165,8 +170,9 @@ def _promoted(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """One shop and seed: logs, propensity, learners, gates, ground truth. Returns a JSON-ready dict."""
     from adapters import propensity as prop
-    from adapters.config import SplitConfig
+    from adapters.config import GateConfig, SplitConfig
     from adapters.dataset import build_groups, split
+    from adapters.gate import OffpageHoldout
     from adapters.ranking_metrics import evaluate_groups
     from daemon.tools.shops import FamilyShop
 
@@ -199,11 +205,14 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
     fair_zero = evaluate_groups(zero_shot, splits.holdout, propensity=curve.values,
                                 max_weight=opts["ips_max_weight"]).per_group_ndcg
     raw_zero = evaluate_groups(zero_shot, splits.holdout).per_group_ndcg
+    offpage = OffpageHoldout.build(splits.holdout, [*splits.train, *splits.holdout], GateConfig(), seed)
+    offpage_zero = offpage.accuracy(zero_shot) if offpage else None
     for learner in opts["learners"]:
         data = truth_splits if learner == "ceiling" else splits
         rows[learner] = _train_learner(scoring, learner, f"b-{spec.name}-{seed}-{learner}"[:60], data, opts, seed=seed,
                                        n_pos=n_pos, curve=curve, holdout=splits.holdout, judged=judged, zs_gt=zs_gt,
-                                       served=served, zs_served=zs_served, fair_zero=fair_zero, raw_zero=raw_zero)
+                                       served=served, zs_served=zs_served, fair_zero=fair_zero, raw_zero=raw_zero,
+                                       offpage=offpage, offpage_zero=offpage_zero)
         log.info("%s seed %d %s: gt %.4f (zero-shot %.4f) fair gate %s raw gate %s, %.0fs", spec.name, seed, learner,
                  rows[learner]["gt_ndcg10"], rows["zero-shot"]["gt_ndcg10"], rows[learner]["fair_gate"],
                  rows[learner]["raw_gate"], rows[learner]["train_s"])

@@ -141,3 +141,82 @@ def test_empty_or_missing_regression_is_not_checked() -> None:
         decide(champ, champ, champ[:3], champ[:4], CFG)
     nothing = decide([], [], None, None, CFG)
     assert nothing.passed is False and nothing.reasons == ["fail: the holdout has no query groups"]
+
+
+def test_offpage_accuracy_by_hand() -> None:
+    """Page: a (clicked), b (not), c (clicked); added from other pages: x, y. The pairs are (a|c) x (x|y);
+    b takes no part. Scores a 3, b 9, c 1, x 2, y 0: a beats both, c beats y only -> 3/4."""
+    from datetime import datetime
+
+    from adapters.dataset import QueryGroup
+    from adapters.ranking_metrics import offpage_accuracy
+
+    scores = {"a": 3.0, "b": 9.0, "c": 1.0, "x": 2.0, "y": 0.0}
+    g = QueryGroup(key="k", query="q", ts=datetime(2026, 1, 1), item_ids=tuple("abcxy"),
+                   texts=tuple("abcxy"), labels=(1, 0, 2, 0, 0))
+    no_click = QueryGroup(key="n", query="q", ts=g.ts, item_ids=tuple("bxy"), texts=tuple("bxy"), labels=(0, 0, 0))
+
+    def fn(_q: str, texts: list[str]) -> np.ndarray:
+        return np.asarray([scores[t] for t in texts])
+
+    got = offpage_accuracy(fn, [g, no_click, g], [3, 1, 5])
+    assert got[0] == pytest.approx(0.75)
+    assert np.isnan(got[1])  # no clicked item
+    assert np.isnan(got[2])  # nothing added
+    scores["x"] = 3.0  # a tie with a counts half
+    assert offpage_accuracy(fn, [g], [3]) == [pytest.approx(0.625)]
+
+
+def test_a_candidate_that_ranks_off_page_items_above_clicked_ones_is_refused() -> None:
+    """It gains on the pages (checks 1-3 pass) and orders clicked items above items of other pages less often
+    than the champion by more than the tolerance; NaN groups are skipped."""
+    champ = _champion()
+    cand = champ + 0.05
+    champ_off = np.full(champ.size, 0.99)
+    d = decide(cand, champ, None, None, CFG, candidate_offpage=champ_off - 0.047, champion_offpage=champ_off)
+    assert not d.passed and d.offpage_delta == pytest.approx(-0.047)
+    assert any(r.startswith("fail: clicked items above off-page items") for r in d.reasons), d.reasons
+    near = champ_off - 0.009
+    near[:5] = np.nan
+    d = decide(cand, champ, None, None, CFG, candidate_offpage=near, champion_offpage=champ_off)
+    assert d.passed and d.offpage_delta == pytest.approx(-0.009), d.reasons
+    assert f"{champ.size - 5} groups" in d.reasons[-1]
+    with pytest.raises(ValueError, match="off-page lists are not aligned"):
+        decide(cand, champ, None, None, CFG, candidate_offpage=near[:3], champion_offpage=champ_off)
+
+
+def test_the_off_page_holdout_catches_a_model_that_only_learned_the_pages() -> None:
+    """A page-perfect model that puts anything it never saw on a page first: the NDCG of the pages cannot tell
+    it from the champion, the off-page holdout can."""
+    import random
+    from datetime import datetime
+
+    from adapters.dataset import QueryGroup
+    from adapters.gate import OffpageHoldout
+    from adapters.ranking_metrics import evaluate_groups
+
+    rng = random.Random(3)
+    pages = []
+    for n in range(60):
+        items = [f"q{n}-i{j}" for j in range(8)]
+        pages.append(QueryGroup(key=f"k{n}", query=f"query {n}", ts=datetime(2026, 1, 1), item_ids=tuple(items),
+                                texts=tuple(items), labels=tuple(int(rng.random() < 0.3) for _ in items)))
+    relevant = {t for g in pages for t, lab in zip(g.texts, g.labels, strict=True) if lab}
+
+    def champion(query: str, texts: list[str]) -> np.ndarray:  # knows relevance, off-page items score low
+        own = query.split()[1]
+        return np.asarray([2.0 if t in relevant else (1.0 if t.startswith(f"q{own}-") else 0.0) for t in texts])
+
+    def copier(query: str, texts: list[str]) -> np.ndarray:  # the same on its own pages; others score highest
+        own = query.split()[1]
+        return np.asarray([(2.0 if t in relevant else 1.0) if t.startswith(f"q{own}-") else 5.0 for t in texts])
+
+    holdout = pages[40:]
+    same = evaluate_groups(copier, holdout).per_group_ndcg
+    assert same == evaluate_groups(champion, holdout).per_group_ndcg
+    off = OffpageHoldout.build(holdout, pages, GateConfig(), seed=1)
+    assert off is not None and all(len(g) == n + 10 for g, n in zip(off.groups, off.n_page, strict=True))
+    d = decide(np.asarray(same) + 0.05, same, None, None, CFG, candidate_offpage=off.accuracy(copier),
+               champion_offpage=off.accuracy(champion))
+    assert not d.passed and d.offpage_delta is not None and d.offpage_delta < -0.5
+    assert OffpageHoldout.build(holdout, pages, GateConfig(offpage_items=0), seed=1) is None

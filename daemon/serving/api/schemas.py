@@ -127,6 +127,9 @@ class GateOut(_Open):
     ci_low: float | None = None
     ci_high: float | None = None
     regression_delta: float | None = Field(None, description="Candidate minus champion on the regression holdout.")
+    offpage_delta: float | None = Field(
+        None, description="Candidate minus champion: share of (clicked item, item of another page) pairs ordered "
+        "right on the holdout pages (the off-page check).")
     n_groups: int | None = None
     candidate_ndcg: float | None = None
     champion_ndcg: float | None = None

@@ -8,7 +8,7 @@ export function Gate({ gate }) {
   if (!gate) return html`<span class="muted">–</span>`;
   return html`<span class=${gate.passed ? "pass" : "fail"}>${gate.passed ? "PASS" : "FAIL"}</span>
     <span class="small"> gain ${fmt.signed(gate.ndcg_gain)}, p(gain) ${fmt.pct(gate.bootstrap_p_gain)},
-    regression ${fmt.signed(gate.regression_delta)} vs ${gate.compared_with}</span>`;
+    regression ${fmt.signed(gate.regression_delta)}, off-page ${fmt.signed(gate.offpage_delta)} vs ${gate.compared_with}</span>`;
 }
 
 const Status = ({ status }) => html`<span class=${`badge ${status}`}>${status}</span>`;
