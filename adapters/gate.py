@@ -39,13 +39,14 @@ from typing import Any
 import numpy as np
 
 from adapters.config import GateConfig
-from adapters.dataset import NegativePool, QueryGroup
+from adapters.dataset import NegativePool, QueryGroup, Splits
 from adapters.ranking_metrics import offpage_accuracy
 
 __all__ = ["GateDecision", "OffpageHoldout", "decide"]
 
 PerGroup = Sequence[float] | np.ndarray
 """Per-group NDCG@10 values, aligned by group (a list or a numpy array)."""
+ScoreFn = Callable[[str, Sequence[str]], np.ndarray]
 
 # Resamples are drawn in chunks so memory stays at chunk * n_groups indices for big holdouts.
 _CHUNK = 256
@@ -83,19 +84,26 @@ class OffpageHoldout:
     n_page: list[int]
 
     @classmethod
-    def build(cls, holdout: Sequence[QueryGroup], pool: Sequence[QueryGroup], cfg: GateConfig,
-              seed: int) -> OffpageHoldout | None:
-        """None when the check is off (`offpage_items` 0). `pool`: the pages the added items come from."""
+    def build(cls, splits: Splits, cfg: GateConfig, seed: int) -> OffpageHoldout | None:
+        """The holdout of `splits`, its items added from its training and holdout pages; None when the check
+        is off (`offpage_items` 0)."""
         if cfg.offpage_items <= 0:
             return None
-        negatives, rng = NegativePool(pool), random.Random(f"offpage:{seed}")
-        return cls([negatives.with_random_negatives(g, cfg.offpage_items, rng) for g in holdout],
-                   [len(g) for g in holdout])
+        negatives, rng = NegativePool([*splits.train, *splits.holdout]), random.Random(f"offpage:{seed}")
+        return cls([negatives.with_random_negatives(g, cfg.offpage_items, rng) for g in splits.holdout],
+                   [len(g) for g in splits.holdout])
 
-    def accuracy(self, score_fn: Callable[[str, Sequence[str]], np.ndarray]) -> list[float]:
+    def accuracy(self, score_fn: ScoreFn) -> list[float]:
         """Per page, the share of (clicked item, added item) pairs `score_fn` orders right
         (`ranking_metrics.offpage_accuracy`)."""
         return offpage_accuracy(score_fn, self.groups, self.n_page)
+
+    @staticmethod
+    def decide_args(offpage: OffpageHoldout | None, candidate: ScoreFn, champion: ScoreFn) -> dict[str, Any]:
+        """`decide`'s off-page keyword arguments: both sides' accuracies, or nothing when the check is off."""
+        if offpage is None:
+            return {}
+        return {"candidate_offpage": offpage.accuracy(candidate), "champion_offpage": offpage.accuracy(champion)}
 
 
 def _paired_bootstrap(diffs: np.ndarray, samples: int, seed: int) -> np.ndarray:

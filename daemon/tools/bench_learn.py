@@ -106,13 +106,12 @@ def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreF
 def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int,
                    n_pos: int, curve: Any, holdout: Sequence[Any], judged: Sequence[dict[str, Any]],
                    zs_gt: Sequence[float], served: Sequence[dict[str, Any]], zs_served: Sequence[float],
-                   fair_zero: Sequence[float], raw_zero: Sequence[float], offpage: Any,
-                   offpage_zero: Sequence[float] | None) -> dict[str, Any]:
+                   fair_zero: Sequence[float], raw_zero: Sequence[float], offpage: Any) -> dict[str, Any]:
     """Train one learner on `data`, then judge it: ground truth on unseen queries, and the gate against
     zero-shot on the click holdout, debiased (`fair`) and raw, both with the off-page check (`offpage`, a
-    `gate.OffpageHoldout`, and zero-shot's accuracies on it). Returns its row of the table."""
+    `gate.OffpageHoldout` or None). Returns its row of the table."""
     from adapters.config import GateConfig, TrainConfig
-    from adapters.gate import decide
+    from adapters.gate import OffpageHoldout, decide
     from adapters.ranking_metrics import evaluate_groups
     from adapters.training import train
 
@@ -135,8 +134,7 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
     gt = judged_ndcg(cand, judged)
     gt_served = judged_ndcg(cand, served)
     gate_cfg = GateConfig()
-    off: dict[str, Any] = {"candidate_offpage": offpage.accuracy(cand) if offpage else None,
-                           "champion_offpage": offpage_zero}
+    off = OffpageHoldout.decide_args(offpage, cand, scoring.zero_shot)
     fair = decide(evaluate_groups(cand, holdout, propensity=curve.values, max_weight=opts["ips_max_weight"]
                                   ).per_group_ndcg, fair_zero, None, None, gate_cfg, seed=seed, **off)
     raw = decide(evaluate_groups(cand, holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed, **off)
@@ -205,14 +203,13 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
     fair_zero = evaluate_groups(zero_shot, splits.holdout, propensity=curve.values,
                                 max_weight=opts["ips_max_weight"]).per_group_ndcg
     raw_zero = evaluate_groups(zero_shot, splits.holdout).per_group_ndcg
-    offpage = OffpageHoldout.build(splits.holdout, [*splits.train, *splits.holdout], GateConfig(), seed)
-    offpage_zero = offpage.accuracy(zero_shot) if offpage else None
+    offpage = OffpageHoldout.build(splits, GateConfig(), seed)
     for learner in opts["learners"]:
         data = truth_splits if learner == "ceiling" else splits
         rows[learner] = _train_learner(scoring, learner, f"b-{spec.name}-{seed}-{learner}"[:60], data, opts, seed=seed,
                                        n_pos=n_pos, curve=curve, holdout=splits.holdout, judged=judged, zs_gt=zs_gt,
                                        served=served, zs_served=zs_served, fair_zero=fair_zero, raw_zero=raw_zero,
-                                       offpage=offpage, offpage_zero=offpage_zero)
+                                       offpage=offpage)
         log.info("%s seed %d %s: gt %.4f (zero-shot %.4f) fair gate %s raw gate %s, %.0fs", spec.name, seed, learner,
                  rows[learner]["gt_ndcg10"], rows["zero-shot"]["gt_ndcg10"], rows[learner]["fair_gate"],
                  rows[learner]["raw_gate"], rows[learner]["train_s"])

@@ -78,13 +78,6 @@ def _configs(opts: dict[str, Any], seed: int, n_pos: int) -> tuple[Any, Any, Any
     return GateConfig(), split_cfg, cfg
 
 
-def _offpage(offpage: Any, candidate: ScoreFn, champion: ScoreFn) -> dict[str, Any]:
-    """`gate.decide`'s off-page keyword arguments for a `gate.OffpageHoldout` (None: the check is off)."""
-    if offpage is None:
-        return {}
-    return {"candidate_offpage": offpage.accuracy(candidate), "champion_offpage": offpage.accuracy(champion)}
-
-
 def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """No forgetting: champion trained before a drift, new champion after it (warm start, replay, the
     spread regression sample, the fair gate). Judged on unseen post-drift queries, split into the
@@ -115,10 +108,10 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     window1 = pre_groups[-opts["train_pages"]:]
     s1 = split(window1, split_cfg)
     cand1, handle1 = _fit(scoring, opts, cfg, f"d-{spec.name}-{seed}-1"[:60], s1, curve1, None)
-    off1 = OffpageHoldout.build(s1.holdout, [*s1.train, *s1.holdout], gate_cfg, seed)
     g1 = decide(evaluate_groups(cand1, s1.holdout, propensity=curve1.values).per_group_ndcg,
                 evaluate_groups(zero_shot, s1.holdout, propensity=curve1.values).per_group_ndcg, None, None,
-                gate_cfg, seed=seed, **_offpage(off1, cand1, zero_shot))
+                gate_cfg, seed=seed,
+                **OffpageHoldout.decide_args(OffpageHoldout.build(s1, gate_cfg, seed), cand1, zero_shot))
     champion = cand1 if g1.passed else zero_shot
     champ_ref = handle1 if g1.passed else None
 
@@ -134,10 +127,9 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     def ips(fn: ScoreFn, groups: Sequence[Any]) -> list[float]:
         return evaluate_groups(fn, groups, propensity=curve2.values).per_group_ndcg
 
-    off2 = OffpageHoldout.build(s2.holdout, [*s2.train, *s2.holdout], gate_cfg, seed)
     g2 = decide(ips(cand2, s2.holdout), ips(champion, s2.holdout), ips(cand2, s2.regression) if s2.regression
                 else None, ips(champion, s2.regression) if s2.regression else None, gate_cfg, seed=seed,
-                **_offpage(off2, cand2, champion))
+                **OffpageHoldout.decide_args(OffpageHoldout.build(s2, gate_cfg, seed), cand2, champion))
     new_champion = cand2 if g2.passed else champion
 
     models = {"zero_shot": zero_shot, "champion": champion, "candidate": cand2, "new_champion": new_champion}

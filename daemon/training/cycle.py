@@ -146,16 +146,12 @@ def run_cycle(settings: Settings, engine: Engine, run_id: int, trigger: str, *,
         _close_run(engine, run_id, "cancelled", seconds=result.seconds, error=error)
         return CycleOutcome(run_id=run_id, trigger=trigger, status="cancelled", error=error)
 
-    # off-page check: the holdout pages with items of other pages added, scored by both sides
-    offpage = gate.OffpageHoldout.build(splits.holdout, [*splits.train, *splits.holdout], cfg.gate,
-                                        settings.train.seed)
+    offpage = gate.OffpageHoldout.build(splits, cfg.gate, settings.train.seed)
     verdict = GateVerdict(compared_with=champion.version, decision=gate.decide(
         _per_group(result.holdout) or [], _per_group(champ_holdout) or [],
         _per_group(result.regression), _per_group(champ_regression), cfg.gate, seed=settings.train.seed,
-        regression_enforced=champion.adapter is not None,
-        candidate_offpage=offpage.accuracy(lambda q, texts: ranker.score(q, texts, adapter=version)) if offpage
-        else None,
-        champion_offpage=offpage.accuracy(champion.scores(ranker)) if offpage else None))
+        regression_enforced=champion.adapter is not None, **gate.OffpageHoldout.decide_args(
+            offpage, lambda q, texts: ranker.score(q, texts, adapter=version), champion.scores(ranker))))
     info = artifacts.save_adapter(
         settings.storage.artifacts_dir, version, result.state, ranker.peft_config(version),
         meta={"parent": champion.version, "run_id": run_id, "trigger": trigger, "base_model": ranker.base.model_id},

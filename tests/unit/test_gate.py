@@ -191,7 +191,7 @@ def test_the_off_page_holdout_catches_a_model_that_only_learned_the_pages() -> N
     import random
     from datetime import datetime
 
-    from adapters.dataset import QueryGroup
+    from adapters.dataset import QueryGroup, Splits
     from adapters.gate import OffpageHoldout
     from adapters.ranking_metrics import evaluate_groups
 
@@ -214,9 +214,10 @@ def test_the_off_page_holdout_catches_a_model_that_only_learned_the_pages() -> N
     holdout = pages[40:]
     same = evaluate_groups(copier, holdout).per_group_ndcg
     assert same == evaluate_groups(champion, holdout).per_group_ndcg
-    off = OffpageHoldout.build(holdout, pages, GateConfig(), seed=1)
+    off = OffpageHoldout.build(Splits(train=pages[:40], holdout=holdout, regression=[]), GateConfig(), seed=1)
     assert off is not None and all(len(g) == n + 10 for g, n in zip(off.groups, off.n_page, strict=True))
     d = decide(np.asarray(same) + 0.05, same, None, None, CFG, candidate_offpage=off.accuracy(copier),
                champion_offpage=off.accuracy(champion))
     assert not d.passed and d.offpage_delta is not None and d.offpage_delta < -0.5
-    assert OffpageHoldout.build(holdout, pages, GateConfig(offpage_items=0), seed=1) is None
+    assert OffpageHoldout.build(Splits(train=pages[:40], holdout=holdout, regression=[]), GateConfig(offpage_items=0),
+                                seed=1) is None
