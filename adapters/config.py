@@ -218,5 +218,5 @@ class GateConfig(FrozenConfig):
         "(0: no check): a candidate must not rank them above the page's clicked items more often than the "
         "champion does.")
     offpage_tolerance: float = Field(
-        0.01, ge=0, le=1, description="Largest drop allowed in the share of (clicked item, off-page item) pairs "
+        0.02, ge=0, le=1, description="Largest drop allowed in the share of (clicked item, off-page item) pairs "
         "ordered right.")

@@ -176,10 +176,10 @@ def test_a_candidate_that_ranks_off_page_items_above_clicked_ones_is_refused() -
     d = decide(cand, champ, None, None, CFG, candidate_offpage=champ_off - 0.047, champion_offpage=champ_off)
     assert not d.passed and d.offpage_delta == pytest.approx(-0.047)
     assert any(r.startswith("fail: clicked items above off-page items") for r in d.reasons), d.reasons
-    near = champ_off - 0.009
+    near = champ_off - 0.019
     near[:5] = np.nan
     d = decide(cand, champ, None, None, CFG, candidate_offpage=near, champion_offpage=champ_off)
-    assert d.passed and d.offpage_delta == pytest.approx(-0.009), d.reasons
+    assert d.passed and d.offpage_delta == pytest.approx(-0.019), d.reasons
     assert f"{champ.size - 5} groups" in d.reasons[-1]
     with pytest.raises(ValueError, match="off-page lists are not aligned"):
         decide(cand, champ, None, None, CFG, candidate_offpage=near[:3], champion_offpage=champ_off)
