@@ -99,7 +99,7 @@ class FamilyShop:
         rng.shuffle(cats)
         self.drifted = set(cats[: round(spec.drift_categories * len(cats))])
         # post-drift taste: in drifted categories, one feature value becomes what shoppers want
-        self.drift_feature = {c: rng.choice(d.categories[c].features) for c in self.drifted}
+        self.drift_feature = {c: rng.choice(d.categories[c].features) for c in sorted(self.drifted)}
         items: list[FamilyItem] = []
         names = sorted(d.categories)
         for i in range(spec.n_items):

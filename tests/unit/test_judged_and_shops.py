@@ -133,3 +133,21 @@ def test_served_judgements_grade_the_candidates_the_shop_retrieves() -> None:
         assert any(i["grade"] > 0 for i in s["items"])
         assert all(0 <= i["grade"] <= 3 and by_id[i["item_id"]].text == i["text"] for i in s["items"])
     assert served == shop.served_judgements(25)  # deterministic for (shop, seed)
+
+
+def test_a_drifted_shop_is_the_same_in_every_process() -> None:
+    """The post-drift taste must not depend on string hashing (PYTHONHASHSEED): `bench learn --drift` drew
+    each drifted category's new feature in set order, so two runs of one command gave different shops."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from dataclasses import replace\n"
+            "from daemon.tools.shops import FamilyShop, family_spec\n"
+            "shop = FamilyShop(replace(family_spec('fashion-lexical'), drift_categories=0.5), 2)\n"
+            "print(sorted(shop.drift_feature.items()))\n")
+    root = Path(__file__).resolve().parents[2]
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                           env={**os.environ, "PYTHONHASHSEED": str(h), "PYTHONPATH": str(root)}).stdout
+            for h in range(4)}
+    assert len(outs) == 1, outs
