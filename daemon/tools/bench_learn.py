@@ -35,7 +35,7 @@ import numpy as np
 
 __all__ = ["main", "markdown", "run", "run_one"]
 
-from daemon.tools.bench_learn_drift import run_drift
+from daemon.tools.bench_learn_drift import drift_markdown, run_drift
 from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, paired_gain, split_overrides, train_overrides
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
@@ -327,7 +327,7 @@ def run(args: argparse.Namespace, settings: Any = None) -> dict[str, Any]:
             if args.jsonl:
                 with Path(args.jsonl).open("a") as f:
                     f.write(json.dumps(r) + "\n")
-    table = None if args.drift else markdown(results)
+    table = drift_markdown(results) if args.drift else markdown(results)
     if table is not None and args.markdown:
         Path(args.markdown).write_text(table)
     return {"options": opts, "wall_s": round(time.monotonic() - t0, 1), "results": results, "table": table}

@@ -139,3 +139,29 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
            "total_s": round(time.monotonic() - t0, 1)}
     log.info("drift %s seed %d: %s", spec.name, seed, json.dumps(out))
     return out
+
+
+def drift_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """The no-forgetting table (README "Learning across shops"): per shop, how often each gate promoted, mean
+    broad-set NDCG@10 of zero-shot / champion / new champion on drifted and unchanged queries, and the new
+    champion's change on unchanged queries (broad sets, served pages; worst seed in brackets)."""
+    by_shop: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_shop.setdefault(r["shop"], []).append(r)
+    lines = ["| shop | 1st promoted | 2nd promoted | drifted: zero-shot / champion / new champion | unchanged: "
+             "zero-shot / champion / new champion | unchanged, new - old champion (worst seed) | served pages, "
+             "unchanged: new - old (worst seed) |", "|---|---|---|---|---|---|---|"]
+    for shop, rs in by_shop.items():
+        def mean(key: str, rs: Sequence[dict[str, Any]] = rs) -> float:
+            return float(np.mean([r[key] for r in rs]))
+
+        def change(key: str, rs: Sequence[dict[str, Any]] = rs) -> str:
+            return f"{mean(key):+.4f} ({min(r[key] for r in rs):+.4f})"
+
+        scores = {part: " / ".join(f"{mean(f'{part}_{m}'):.3f}" for m in ("zero_shot", "champion", "new_champion"))
+                  for part in ("drifted", "unchanged")}
+        n = len(rs)
+        lines.append(f"| {shop} | {sum(r['gate1'] for r in rs)}/{n} | {sum(r['gate2'] for r in rs)}/{n} | "
+                     f"{scores['drifted']} | {scores['unchanged']} | {change('unchanged_new_vs_old')} | "
+                     f"{change('served_unchanged_new_vs_old')} |")
+    return "\n".join(lines) + "\n"

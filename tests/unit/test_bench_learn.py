@@ -109,3 +109,17 @@ def test_the_stand_in_stops_early_by_the_daemons_rule() -> None:
     assert cfg.eval_every_steps == 4 and cfg.patience == TrainConfig().patience
     fit = ProxyModel(embed).fit(Splits(train, holdout), cfg, None)
     assert fit["best_step"] == 0 and fit["steps"] == cfg.patience * cfg.eval_every_steps
+
+
+def test_the_drift_table_averages_seeds_and_shows_the_worst() -> None:
+    from daemon.tools.bench_learn_drift import drift_markdown
+
+    def row(seed: int, gate2: bool, change: float) -> dict[str, object]:
+        parts = {f"{p}_{m}": 0.8 + 0.01 * seed for p in ("drifted", "unchanged")
+                 for m in ("zero_shot", "champion", "new_champion")}
+        return {"shop": "s", "seed": seed, "gate1": True, "gate2": gate2, **parts, "unchanged_new_vs_old": change,
+                "served_unchanged_new_vs_old": 2 * change}
+
+    table = drift_markdown([row(1, True, -0.004), row(2, False, 0.0)])
+    assert table.splitlines()[2] == ("| s | 2/2 | 1/2 | 0.815 / 0.815 / 0.815 | 0.815 / 0.815 / 0.815 | "
+                                     "-0.0020 (-0.0040) | -0.0040 (-0.0080) |")
