@@ -244,7 +244,10 @@ def settled_cutoff(*, session: Session) -> datetime | None:
     now, oldest = session.execute(text(
         "SELECT clock_timestamp(), min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
         "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")).one()
-    newest = latest_ingested_at(session=session)  # read after the open transactions: see above
+    # the newest stamp is read second: a transaction that commits between the two reads was open at the
+    # first (its start is >= `oldest`) or began after it (its start is > `now`); either way it is stamped
+    # above the cutoff, so it counts as new next time
+    newest = latest_ingested_at(session=session)
     if newest is None:
         return None
     bound = min(now, oldest) if oldest is not None else now
