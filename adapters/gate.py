@@ -15,7 +15,7 @@ side is always something real. A candidate passes only when all three hold:
    (`ranking_metrics.offpage_accuracy`), the share of such pairs it orders right drops by at most
    `offpage_tolerance`. A page holds only what retrieval found, so checks 1-3 cannot see a candidate that
    orders pages better while ranking products that match nothing above relevant ones (the LoRA adapter of
-   `bench learn` did: +0.04 on served pages, -0.017 on broad judged sets, 0.94 against 0.99 here).
+   `bench learn` did: +0.04 on served pages, -0.017 on broad judged sets, -0.042 here).
    Enforced against the base model too.
 
 The per-group values should be position-debiased (`ranking_metrics.evaluate_groups(..., propensity=curve)`:
