@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from sqlalchemy.engine import Engine
+
 from daemon.commands.common import open_existing
 from daemon.settings import Settings
 from daemon.status import holdout_ndcg, version_dict
@@ -54,60 +56,69 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """list/show read the registry only (no model stack is imported); promote/rollback verify artifacts."""
     engine = open_existing(settings)  # never creates or migrates a database: there is nothing to list in a new one
     try:
-        action = args.adapters_action
-        if action in ("promote", "rollback"):
-            from adapters.config import BaseIdentity, base_model_ids, expected_quantization
-            from daemon.serving.control import ControlPublisher, check_version
-            from daemon.training.promotion import promote, rollback
-
-            publisher = None if args.no_publish else ControlPublisher(settings)
-            try:
-                common: dict[str, Any] = {"engine": engine, "actor": args.actor, "reason": args.reason,
-                                          "artifacts_dir": settings.storage.artifacts_dir,
-                                          "publish": publisher.publish if publisher else None,
-                                          "serving": BaseIdentity(base_model_ids(settings.model.base_path),
-                                                                  expected_quantization(settings.model.quantization))}
-                result = (promote(version=check_version(args.version), **common) if action == "promote"
-                          else rollback(**common))
-            finally:
-                if publisher is not None:
-                    publisher.close()
-            if args.json:
-                print(json.dumps(result.as_dict()))
-            else:
-                note = "scorers notified" if result.published else (
-                    f"NOT published ({result.publish_error}); scorers follow at their next reconcile"
-                    if result.publish_error else "not published")
-                print(f"{result.action}: {result.from_version} -> {result.to_version} (audit #{result.audit_id}); "
-                      f"{note}")
-            return 0
-        with session_scope(engine) as s:
-            champion = registry.champion(session=s)
-            previous = registry.get_alias(session=s, name=registry.PREVIOUS)
-            if action == "list":
-                rows = [version_dict(r) for r in registry.list_versions(session=s)]
-                if args.json:
-                    print(json.dumps({"champion": champion, "previous": previous, "versions": rows}, default=str))
-                    return 0
-                print(f"champion: {champion}   previous: {previous or '-'}")
-                print(f"{'version':<10} {'status':<10} {'parent':<10} {'ndcg@10':>8}  created")
-                for r in rows:
-                    print(f"{r['version']:<10} {r['status']:<10} {r['parent_version'] or '-':<10} "
-                          f"{_f4(holdout_ndcg(r['metrics'])):>8}  {r['created_at']}")
-                return 0
-            version = args.version  # a name that is no version is simply not found
-            info: dict[str, Any] = ({"version": version, "status": "champion" if champion == version else "base"}
-                    if version == registry.BASE else version_dict(registry.get_version(session=s, version=version)))
-            info["history"] = [
-                {"ts": a.ts.isoformat(), "actor": a.actor, "action": a.action, "from": a.from_version,
-                 "to": a.to_version, "reason": a.reason}
-                for a in registry.audit_page(session=s, limit=500, version=version)
-            ]
-        if args.json:
-            print(json.dumps(info, default=str))
-        else:
-            json.dump(info, sys.stdout, indent=2, default=str)
-            sys.stdout.write("\n")
-        return 0
+        if args.adapters_action in ("promote", "rollback"):
+            return _act(args, settings, engine)
+        return _read(args, engine)
     finally:
         engine.dispose()
+
+
+def _act(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    """promote / rollback, checked against the base and quantization `settings` name, then announced."""
+    from adapters.config import BaseIdentity, base_model_ids, expected_quantization
+    from daemon.serving.control import ControlPublisher, check_version
+    from daemon.training.promotion import promote, rollback
+
+    publisher = None if args.no_publish else ControlPublisher(settings)
+    try:
+        common: dict[str, Any] = {"engine": engine, "actor": args.actor, "reason": args.reason,
+                                  "artifacts_dir": settings.storage.artifacts_dir,
+                                  "publish": publisher.publish if publisher else None,
+                                  "serving": BaseIdentity(base_model_ids(settings.model.base_path),
+                                                          expected_quantization(settings.model.quantization))}
+        result = (promote(version=check_version(args.version), **common) if args.adapters_action == "promote"
+                  else rollback(**common))
+    finally:
+        if publisher is not None:
+            publisher.close()
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        note = "scorers notified" if result.published else (
+            f"NOT published ({result.publish_error}); scorers follow at their next reconcile"
+            if result.publish_error else "not published")
+        print(f"{result.action}: {result.from_version} -> {result.to_version} (audit #{result.audit_id}); {note}")
+    return 0
+
+
+def _read(args: argparse.Namespace, engine: Engine) -> int:
+    """list / show: the registry as a table or JSON."""
+    with session_scope(engine) as s:
+        champion = registry.champion(session=s)
+        previous = registry.get_alias(session=s, name=registry.PREVIOUS)
+        if args.adapters_action == "list":
+            rows = [version_dict(r) for r in registry.list_versions(session=s)]
+            if args.json:
+                print(json.dumps({"champion": champion, "previous": previous, "versions": rows}, default=str))
+                return 0
+            print(f"champion: {champion}   previous: {previous or '-'}")
+            print(f"{'version':<10} {'status':<10} {'parent':<10} {'ndcg@10':>8}  created")
+            for r in rows:
+                print(f"{r['version']:<10} {r['status']:<10} {r['parent_version'] or '-':<10} "
+                      f"{_f4(holdout_ndcg(r['metrics'])):>8}  {r['created_at']}")
+            return 0
+        version = args.version  # a name that is no version is simply not found
+        info: dict[str, Any] = ({"version": version, "status": "champion" if champion == version else "base"}
+                                if version == registry.BASE
+                                else version_dict(registry.get_version(session=s, version=version)))
+        info["history"] = [
+            {"ts": a.ts.isoformat(), "actor": a.actor, "action": a.action, "from": a.from_version,
+             "to": a.to_version, "reason": a.reason}
+            for a in registry.audit_page(session=s, limit=500, version=version)
+        ]
+    if args.json:
+        print(json.dumps(info, default=str))
+    else:
+        json.dump(info, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    return 0
