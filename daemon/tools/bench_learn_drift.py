@@ -78,6 +78,23 @@ def _configs(opts: dict[str, Any], seed: int, n_pos: int) -> tuple[Any, Any, Any
     return GateConfig(), split_cfg, cfg
 
 
+def _gate(candidate: ScoreFn, champion: ScoreFn, splits: Any, curve: Any, gate_cfg: Any, seed: int, *,
+          regression: bool) -> Any:
+    """The daemon's gate on `splits`: IPS-NDCG under `curve` on the holdout (and, with `regression`, on the
+    regression sample when there is one), and the off-page check."""
+    from adapters.gate import OffpageHoldout, decide
+    from adapters.ranking_metrics import evaluate_groups
+
+    def ips(fn: ScoreFn, groups: Sequence[Any]) -> list[float]:
+        return evaluate_groups(fn, groups, propensity=curve.values).per_group_ndcg
+
+    reg = regression and bool(splits.regression)
+    return decide(ips(candidate, splits.holdout), ips(champion, splits.holdout),
+                  ips(candidate, splits.regression) if reg else None, ips(champion, splits.regression) if reg else None,
+                  gate_cfg, seed=seed,
+                  **OffpageHoldout.decide_args(OffpageHoldout.build(splits, gate_cfg, seed), candidate, champion))
+
+
 def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """No forgetting: champion trained before a drift, new champion after it (warm start, replay, the
     spread regression sample, the fair gate). Judged on unseen post-drift queries, split into the
@@ -86,8 +103,6 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
 
     from adapters import propensity as prop
     from adapters.dataset import build_groups, split
-    from adapters.gate import OffpageHoldout, decide
-    from adapters.ranking_metrics import evaluate_groups
     from daemon.tools.shops import FamilyShop
 
     t0 = time.monotonic()
@@ -108,10 +123,7 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     window1 = pre_groups[-opts["train_pages"]:]
     s1 = split(window1, split_cfg)
     cand1, handle1 = _fit(scoring, opts, cfg, f"d-{spec.name}-{seed}-1"[:60], s1, curve1, None)
-    g1 = decide(evaluate_groups(cand1, s1.holdout, propensity=curve1.values).per_group_ndcg,
-                evaluate_groups(zero_shot, s1.holdout, propensity=curve1.values).per_group_ndcg, None, None,
-                gate_cfg, seed=seed,
-                **OffpageHoldout.decide_args(OffpageHoldout.build(s1, gate_cfg, seed), cand1, zero_shot))
+    g1 = _gate(cand1, zero_shot, s1, curve1, gate_cfg, seed, regression=False)
     champion = cand1 if g1.passed else zero_shot
     champ_ref = handle1 if g1.passed else None
 
@@ -123,13 +135,7 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     window2 = post_groups[-opts["train_pages"]:]
     s2 = split(window2, split_cfg, previous=window1)
     cand2, _ = _fit(scoring, opts, cfg, f"d-{spec.name}-{seed}-2"[:60], s2, curve2, champ_ref)
-
-    def ips(fn: ScoreFn, groups: Sequence[Any]) -> list[float]:
-        return evaluate_groups(fn, groups, propensity=curve2.values).per_group_ndcg
-
-    g2 = decide(ips(cand2, s2.holdout), ips(champion, s2.holdout), ips(cand2, s2.regression) if s2.regression
-                else None, ips(champion, s2.regression) if s2.regression else None, gate_cfg, seed=seed,
-                **OffpageHoldout.decide_args(OffpageHoldout.build(s2, gate_cfg, seed), cand2, champion))
+    g2 = _gate(cand2, champion, s2, curve2, gate_cfg, seed, regression=True)
     new_champion = cand2 if g2.passed else champion
 
     models = {"zero_shot": zero_shot, "champion": champion, "candidate": cand2, "new_champion": new_champion}
