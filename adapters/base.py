@@ -71,12 +71,12 @@ class LoadedBase:
     head_modules: tuple[str, ...]  # module names (last segment) trained and saved with each adapter
     max_seq_len: int
     footprint_bytes: int
-    legacy_id: str = ""  # its fingerprint before stop 26, which older versions recorded
+    legacy_id: str  # its fingerprint before stop 26, which older versions recorded
 
     @property
     def identity(self) -> BaseIdentity:
         """What adapters must have been trained on to run on this base."""
-        return BaseIdentity(tuple(i for i in (self.model_id, self.legacy_id) if i), self.quantization)
+        return BaseIdentity((self.model_id, self.legacy_id), self.quantization)
 
 
 def resolve_device(pref: str) -> torch.device:

@@ -77,11 +77,6 @@ def base_model_ids(path: Path) -> tuple[str, str]:
     return f"{path.name}@v2-{current.hexdigest()[:16]}", f"{path.name}@{legacy.hexdigest()[:12]}"
 
 
-def base_model_id(path: Path) -> str:
-    """A base folder's current identity (see `base_model_ids`)."""
-    return base_model_ids(path)[0]
-
-
 # What `quantization="auto"` means on CPU (see adapters.base for the measurements behind it); CUDA's is nf4.
 CPU_AUTO_QUANTIZATION = "nf4"
 
