@@ -73,13 +73,18 @@ def release(engine: Engine, holder: str) -> None:
                                               col(TrainingLease.holder) == holder))
 
 
+def owner_tag() -> str:
+    """`host:pid` of this process: what a lease holder (and a training run row) records as its owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @contextmanager
 def exclusive_training(engine: Engine, ttl_s: float = DEFAULT_TTL_S, *,
                        on_lost: Callable[[], None] | None = None) -> Iterator[bool]:
     """Hold the database's training lease while the block runs; yields False (nothing held) when another
     process holds it. `on_lost` runs (once, in the renewing thread) when a renewal finds that another
     process has taken the lease. Raises what the database raises when it cannot be reached at the start."""
-    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    holder = f"{owner_tag()}:{uuid.uuid4().hex[:8]}"
     if not try_acquire(engine, holder, ttl_s):
         yield False
         return

@@ -44,7 +44,7 @@ from daemon.training.messages import CycleOutcome, Progress, parse
 from storage import registry
 from storage.db import session_scope, write_patiently
 from storage.errors import DatabaseUnavailable
-from storage.lease import DEFAULT_TTL_S, exclusive_training
+from storage.lease import DEFAULT_TTL_S, exclusive_training, owner_tag
 from storage.models import AdapterVersion, TrainingRun, as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -248,11 +248,6 @@ def die_with_parent(parent_pid: int, *, poll_s: float = 1.0) -> None:
 
 
 # --- run rows left `running` ---------------------------------------------------------------------
-def owner_tag() -> str:
-    """`host:pid` of this process, recorded with each run it starts."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
