@@ -210,8 +210,8 @@ class GateConfig(FrozenConfig):
         "(z(confidence) + z(power)) x bootstrap SE.")
     offpage_items: int = Field(
         10, ge=0, le=100, description="Items of other pages added to each holdout page for the off-page check "
-        "(0: no check): a candidate must not rank them above the page's clicked items more often than the "
+        "(0: no check): a candidate must not let them take more NDCG@10 from the pages' clicked items than the "
         "champion does.")
     offpage_tolerance: float = Field(
-        0.02, ge=0, le=1, description="Largest drop allowed in the share of (clicked item, off-page item) pairs "
-        "ordered right.")
+        0.02, ge=0, le=1, description="Largest increase allowed in the NDCG@10 that off-page items take from "
+        "the holdout pages (candidate against champion).")

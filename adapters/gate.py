@@ -11,12 +11,12 @@ side is always something real. A candidate passes only when all three hold:
    The check guards what an earlier champion learned. Against the base model (`regression_enforced`
    False: it was trained on none of the shop's traffic, so a drift may have made the old clicks
    obsolete and there is nothing learned to forget), the change is reported but not enforced.
-4. with each holdout page's clicked items set against `offpage_items` items of other pages
-   (`ranking_metrics.offpage_accuracy`), the share of such pairs it orders right drops by at most
+4. with `offpage_items` unclicked items of other pages added to each holdout page, the NDCG@10 that those
+   items take away from the page (`ranking_metrics.offpage_ndcg_change`) grows by at most
    `offpage_tolerance`. A page holds only what retrieval found, so checks 1-3 cannot see a candidate that
    orders pages better while ranking products that match nothing above relevant ones (the LoRA adapter of
-   `bench learn` did: +0.04 on served pages, -0.017 on broad judged sets, -0.042 here).
-   Enforced against the base model too.
+   `bench learn` did: +0.04 on served pages, -0.017 on broad judged sets). Enforced against the base
+   model too.
 
 The per-group values should be position-debiased (`ranking_metrics.evaluate_groups(..., propensity=curve)`:
 IPS-NDCG per page). Raw click NDCG on pages the champion ordered rewards a candidate for copying that
@@ -40,7 +40,7 @@ import numpy as np
 
 from adapters.config import GateConfig
 from adapters.dataset import NegativePool, QueryGroup, Splits
-from adapters.ranking_metrics import offpage_accuracy
+from adapters.ranking_metrics import offpage_ndcg_change
 
 __all__ = ["GateDecision", "OffpageHoldout", "decide"]
 
@@ -63,7 +63,7 @@ class GateDecision:
     ci_low: float = 0.0
     ci_high: float = 0.0
     regression_delta: float | None = None
-    offpage_delta: float | None = None  # change in the share of (clicked, off-page) pairs ordered right
+    offpage_delta: float | None = None  # candidate - champion: change in the NDCG@10 off-page items take away
     n_groups: int = 0
     candidate_ndcg: float = 0.0
     champion_ndcg: float = 0.0
@@ -78,7 +78,7 @@ class GateDecision:
 @dataclass(frozen=True)
 class OffpageHoldout:
     """The holdout pages, each with `GateConfig.offpage_items` unclicked items of other pages added (seeded),
-    for the off-page check: score both sides with `accuracy` and pass the lists to `decide`."""
+    for the off-page check: score both sides with `ndcg_change` and pass the lists to `decide`."""
 
     groups: list[QueryGroup]
     n_page: list[int]
@@ -93,17 +93,16 @@ class OffpageHoldout:
         return cls([negatives.with_random_negatives(g, cfg.offpage_items, rng) for g in splits.holdout],
                    [len(g) for g in splits.holdout])
 
-    def accuracy(self, score_fn: ScoreFn) -> list[float]:
-        """Per page, the share of (clicked item, added item) pairs `score_fn` orders right
-        (`ranking_metrics.offpage_accuracy`)."""
-        return offpage_accuracy(score_fn, self.groups, self.n_page)
+    def ndcg_change(self, score_fn: ScoreFn) -> list[float]:
+        """Per page, NDCG@10 with the added items minus without them (`ranking_metrics.offpage_ndcg_change`)."""
+        return offpage_ndcg_change(score_fn, self.groups, self.n_page)
 
     @staticmethod
     def decide_args(offpage: OffpageHoldout | None, candidate: ScoreFn, champion: ScoreFn) -> dict[str, Any]:
-        """`decide`'s off-page keyword arguments: both sides' accuracies, or nothing when the check is off."""
+        """`decide`'s off-page keyword arguments: both sides' NDCG changes, or nothing when the check is off."""
         if offpage is None:
             return {}
-        return {"candidate_offpage": offpage.accuracy(candidate), "champion_offpage": offpage.accuracy(champion)}
+        return {"candidate_offpage": offpage.ndcg_change(candidate), "champion_offpage": offpage.ndcg_change(champion)}
 
 
 def _paired_bootstrap(diffs: np.ndarray, samples: int, seed: int) -> np.ndarray:
@@ -149,9 +148,9 @@ def _offpage_check(candidate: PerGroup | None, champion: PerGroup | None,
         return True, None, "ok: no holdout page has both clicked and off-page items; not checked"
     delta = float(c[both].mean() - p[both].mean())
     ok = delta >= -cfg.offpage_tolerance
-    return ok, delta, (f"{'ok' if ok else 'fail'}: clicked items above off-page items in "
-                       f"{c[both].mean():.1%} of pairs vs {p[both].mean():.1%} (change {delta:+.4f}, "
-                       f"tolerance {cfg.offpage_tolerance:.4f}, {int(both.sum())} groups)")
+    return ok, delta, (f"{'ok' if ok else 'fail'}: off-page items take {-c[both].mean():.4f} NDCG@10 from the "
+                       f"pages vs {-p[both].mean():.4f} (change {delta:+.4f}, tolerance {cfg.offpage_tolerance:.4f}, "
+                       f"{int(both.sum())} groups)")
 
 
 def decide(
@@ -166,7 +165,7 @@ def decide(
     candidate_offpage: PerGroup | None = None,
     champion_offpage: PerGroup | None = None,
 ) -> GateDecision:
-    """Compare per-group NDCG lists (and off-page accuracies, when given); see the module docstring for the
+    """Compare per-group NDCG lists (and off-page NDCG changes, when given); see the module docstring for the
     rule. Deterministic for a seed."""
     cand = np.asarray(candidate_holdout, dtype=np.float64)
     champ = np.asarray(champion_holdout, dtype=np.float64)

@@ -25,6 +25,7 @@ __all__ = [
     "ndcg_at_k",
     "ndcg_from_gains",
     "offpage_accuracy",
+    "offpage_ndcg_change",
     "rank_order",
 ]
 
@@ -208,4 +209,25 @@ def offpage_accuracy(score_fn: Callable[[str, Sequence[str]], np.ndarray], group
         keep = np.concatenate([clicked, added])
         scores = np.asarray(score_fn(g.query, [g.texts[i] for i in keep]), dtype=np.float64)
         out.append(float(auc(scores, (keep < n).astype(np.int64)) or 0.0))  # both classes present: never None
+    return out
+
+
+def offpage_ndcg_change(score_fn: Callable[[str, Sequence[str]], np.ndarray], groups: Sequence[_Group],
+                        n_page: Sequence[int], k: int = 10) -> list[float]:
+    """Per group: NDCG@k of the whole group minus NDCG@k of its page alone (`gate.OffpageHoldout`: the first
+    `n_page[i]` items of `groups[i]` are its page, the rest were added from other pages, all unclicked), with
+    the page's graded click labels; at most 0, and the further below 0 the higher the model ranks the added
+    items among the page's clicked ones. NaN where the page has no click or nothing was added.
+
+    What the gate's off-page check compares (`gate.decide`): a model that ranks products matching nothing
+    into the top of a page costs NDCG@k there, one that only misorders them at the bottom of the list costs
+    little. `offpage_accuracy` counts every (clicked, added) pair alike, wherever in the list it sits."""
+    out: list[float] = []
+    for g, n in zip(groups, n_page, strict=True):
+        labels = np.asarray(g.labels)
+        if n >= labels.size or not (labels[:n] > 0).any():
+            out.append(float("nan"))
+            continue
+        scores = np.asarray(score_fn(g.query, list(g.texts)), dtype=np.float64)
+        out.append(ndcg_at_k(scores, labels, k) - ndcg_at_k(scores[:n], labels[:n], k))
     return out

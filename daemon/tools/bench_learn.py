@@ -146,11 +146,23 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
         "gt_ndcg10": float(np.mean(gt)), "gt_gain": gain, "gt_gain_se": se,
         "gt_served_ndcg10": float(np.mean(gt_served)), "gt_served_gain": served_gain, "gt_served_gain_se": served_se,
         "fair_gate": fair.passed, "fair_gain": fair.ndcg_gain, "fair_p": fair.bootstrap_p_gain,
-        "offpage_delta": fair.offpage_delta,
+        "offpage_delta": fair.offpage_delta, "offpage_pairs_delta": _pairs_delta(offpage, cand, scoring.zero_shot),
         "min_detectable_gain": fair.min_detectable_gain,
         "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
         "train_s": round(res_s, 1), "steps": steps, "best_step": best_step, "residual_scale": scale,
     }
+
+
+def _pairs_delta(offpage: Any, candidate: ScoreFn, zero_shot: ScoreFn) -> float | None:
+    """Candidate minus zero-shot in the share of (clicked, off-page) item pairs ordered right: the off-page
+    check's measure before it read NDCG@10 (reported, not gated)."""
+    from adapters.ranking_metrics import offpage_accuracy
+
+    if offpage is None:
+        return None
+    cand, zero = (np.asarray(offpage_accuracy(fn, offpage.groups, offpage.n_page)) for fn in (candidate, zero_shot))
+    both = ~(np.isnan(cand) | np.isnan(zero))
+    return float((cand - zero)[both].mean()) if both.any() else None
 
 
 def _promoted(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adapters.config import GateConfig
-from adapters.gate import decide
+from adapters.gate import ScoreFn, decide
 
 CFG = GateConfig(min_ndcg_gain=0.005, bootstrap_samples=1000, confidence=0.9, regression_tolerance=0.01)
 
@@ -167,15 +167,64 @@ def test_offpage_accuracy_by_hand() -> None:
     assert offpage_accuracy(fn, [g], [3]) == [pytest.approx(0.625)]
 
 
+def test_offpage_ndcg_change_by_hand() -> None:
+    """Page: a (click, 1), b (not), c (cart, 2); added: x, y. Scores a 3, b 9, c 1, x 2, y 0. The page alone
+    ranks b a c: DCG 1/log2(3) + 3/log2(4); with x and y, b a x c y: 1/log2(3) + 3/log2(5). The ideal (c a) is
+    3 + 1/log2(3) either way, so the change is (3/log2(5) - 3/2) / (3 + 1/log2(3))."""
+    from datetime import datetime
+    from math import log2
+
+    from adapters.dataset import QueryGroup
+    from adapters.ranking_metrics import offpage_ndcg_change
+
+    scores = {"a": 3.0, "b": 9.0, "c": 1.0, "x": 2.0, "y": 0.0}
+    g = QueryGroup(key="k", query="q", ts=datetime(2026, 1, 1), item_ids=tuple("abcxy"),
+                   texts=tuple("abcxy"), labels=(1, 0, 2, 0, 0))
+    no_click = QueryGroup(key="n", query="q", ts=g.ts, item_ids=tuple("bxy"), texts=tuple("bxy"), labels=(0, 0, 0))
+
+    def fn(_q: str, texts: list[str]) -> np.ndarray:
+        return np.asarray([scores[t] for t in texts])
+
+    got = offpage_ndcg_change(fn, [g, no_click, g], [3, 1, 5])
+    assert got[0] == pytest.approx((3 / log2(5) - 3 / 2) / (3 + 1 / log2(3)))
+    assert np.isnan(got[1])  # no clicked item
+    assert np.isnan(got[2])  # nothing added
+    scores["x"] = -1.0  # below every page item: costs nothing
+    assert offpage_ndcg_change(fn, [g], [3]) == [pytest.approx(0.0)]
+
+
+def test_the_off_page_change_weighs_where_added_items_land_unlike_the_pair_share() -> None:
+    """Two models each order half of the (clicked, added) pairs wrong: one puts an added item first, the other
+    puts both added items just above a weak click at the bottom. The pair share cannot tell them apart;
+    NDCG@10 takes a third from the first and almost nothing from the second."""
+    from datetime import datetime
+
+    from adapters.dataset import QueryGroup
+    from adapters.ranking_metrics import offpage_accuracy, offpage_ndcg_change
+
+    page = [f"p{j}" for j in range(8)]
+    g = QueryGroup(key="k", query="q", ts=datetime(2026, 1, 1), item_ids=(*page, "x", "y"), texts=(*page, "x", "y"),
+                   labels=(3, 0, 0, 0, 0, 0, 0, 1, 0, 0))  # a purchase on top, a weak click at the bottom
+    base = {t: 10.0 - j for j, t in enumerate(page)}  # the page in its own order: p0 10 ... p7 3
+
+    def model(x: float, y: float) -> ScoreFn:
+        return lambda _q, texts: np.asarray([base.get(t, x if t == "x" else y) for t in texts])
+
+    top, bottom = model(11.0, -5.0), model(3.6, 3.5)
+    assert offpage_accuracy(top, [g], [8]) == offpage_accuracy(bottom, [g], [8]) == [0.5]
+    [cost_top], [cost_bottom] = offpage_ndcg_change(top, [g], [8]), offpage_ndcg_change(bottom, [g], [8])
+    assert cost_top < -0.3 and -0.01 < cost_bottom < 0, (cost_top, cost_bottom)
+
+
 def test_a_candidate_that_ranks_off_page_items_above_clicked_ones_is_refused() -> None:
-    """It gains on the pages (checks 1-3 pass) and orders clicked items above items of other pages less often
-    than the champion by more than the tolerance; NaN groups are skipped."""
+    """It gains on the pages (checks 1-3 pass) and lets items of other pages take more NDCG@10 from the pages
+    than the champion does, by more than the tolerance; NaN groups are skipped."""
     champ = _champion()
     cand = champ + 0.05
-    champ_off = np.full(champ.size, 0.99)
+    champ_off = np.full(champ.size, -0.01)
     d = decide(cand, champ, None, None, CFG, candidate_offpage=champ_off - 0.047, champion_offpage=champ_off)
     assert not d.passed and d.offpage_delta == pytest.approx(-0.047)
-    assert any(r.startswith("fail: clicked items above off-page items") for r in d.reasons), d.reasons
+    assert any(r.startswith("fail: off-page items take") for r in d.reasons), d.reasons
     near = champ_off - 0.019
     near[:5] = np.nan
     d = decide(cand, champ, None, None, CFG, candidate_offpage=near, champion_offpage=champ_off)
@@ -216,8 +265,8 @@ def test_the_off_page_holdout_catches_a_model_that_only_learned_the_pages() -> N
     assert same == evaluate_groups(champion, holdout).per_group_ndcg
     off = OffpageHoldout.build(Splits(train=pages[:40], holdout=holdout, regression=[]), GateConfig(), seed=1)
     assert off is not None and all(len(g) == n + 10 for g, n in zip(off.groups, off.n_page, strict=True))
-    d = decide(np.asarray(same) + 0.05, same, None, None, CFG, candidate_offpage=off.accuracy(copier),
-               champion_offpage=off.accuracy(champion))
+    d = decide(np.asarray(same) + 0.05, same, None, None, CFG, candidate_offpage=off.ndcg_change(copier),
+               champion_offpage=off.ndcg_change(champion))
     assert not d.passed and d.offpage_delta is not None and d.offpage_delta < -0.5
     assert OffpageHoldout.build(Splits(train=pages[:40], holdout=holdout, regression=[]), GateConfig(offpage_items=0),
                                 seed=1) is None

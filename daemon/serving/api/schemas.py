@@ -128,8 +128,8 @@ class GateOut(_Open):
     ci_high: float | None = None
     regression_delta: float | None = Field(None, description="Candidate minus champion on the regression holdout.")
     offpage_delta: float | None = Field(
-        None, description="Candidate minus champion: share of (clicked item, item of another page) pairs ordered "
-        "right on the holdout pages (the off-page check).")
+        None, description="Candidate minus champion: change in the NDCG@10 of the holdout pages when items of "
+        "other pages are added (the off-page check; below 0: the candidate ranks them higher).")
     n_groups: int | None = None
     candidate_ndcg: float | None = None
     champion_ndcg: float | None = None
