@@ -155,7 +155,8 @@ def test_drift_triggers_a_retrain_that_serves_better_rankings(daemon, traffic):
     prop = (run.metrics or {}).get("propensity") or {}
     print(f"post-drift NDCG@10 (ground truth) {ndcg_before:.4f} -> {ndcg_after:.4f}; gate "
           f"{'passed' if gate['passed'] else 'refused'}: gain {gate['ndcg_gain']:+.4f}, "
-          f"{gate['bootstrap_p_gain']:.1%} of resamples, smallest detectable gain {gate['min_detectable_gain']:.4f}; "
+          f"{gate['bootstrap_p_gain']:.1%} of resamples, smallest detectable gain {gate['min_detectable_gain']:.4f}, "
+          f"off-page change {gate['offpage_delta']:+.4f}; "
           f"run {run.seconds:.0f}s, best step {run.best_step}/{run.steps}, {run.n_train} training and "
           f"{run.n_holdout} holdout pages, position bias {prop.get('method')} "
           f"{[round(v, 2) for v in prop.get('estimated', [])[:4]]}")

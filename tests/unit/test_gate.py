@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -143,13 +145,12 @@ def test_empty_or_missing_regression_is_not_checked() -> None:
     assert nothing.passed is False and nothing.reasons == ["fail: the holdout has no query groups"]
 
 
-def test_offpage_accuracy_by_hand() -> None:
-    """Page: a (clicked), b (not), c (clicked); added from other pages: x, y. The pairs are (a|c) x (x|y);
-    b takes no part. Scores a 3, b 9, c 1, x 2, y 0: a beats both, c beats y only -> 3/4."""
+def _offpage_fixture() -> tuple[dict[str, float], Any, Any, Callable[[str, list[str]], np.ndarray]]:
+    """A page a (click, 1), b (not), c (cart, 2) plus x, y from other pages; a page without a click; a scorer
+    reading the (mutable) `scores`."""
     from datetime import datetime
 
     from adapters.dataset import QueryGroup
-    from adapters.ranking_metrics import offpage_accuracy
 
     scores = {"a": 3.0, "b": 9.0, "c": 1.0, "x": 2.0, "y": 0.0}
     g = QueryGroup(key="k", query="q", ts=datetime(2026, 1, 1), item_ids=tuple("abcxy"),
@@ -159,6 +160,15 @@ def test_offpage_accuracy_by_hand() -> None:
     def fn(_q: str, texts: list[str]) -> np.ndarray:
         return np.asarray([scores[t] for t in texts])
 
+    return scores, g, no_click, fn
+
+
+def test_offpage_accuracy_by_hand() -> None:
+    """Page: a (clicked), b (not), c (clicked); added from other pages: x, y. The pairs are (a|c) x (x|y);
+    b takes no part. Scores a 3, b 9, c 1, x 2, y 0: a beats both, c beats y only -> 3/4."""
+    from adapters.ranking_metrics import offpage_accuracy
+
+    scores, g, no_click, fn = _offpage_fixture()
     got = offpage_accuracy(fn, [g, no_click, g], [3, 1, 5])
     assert got[0] == pytest.approx(0.75)
     assert np.isnan(got[1])  # no clicked item
@@ -171,20 +181,11 @@ def test_offpage_ndcg_change_by_hand() -> None:
     """Page: a (click, 1), b (not), c (cart, 2); added: x, y. Scores a 3, b 9, c 1, x 2, y 0. The page alone
     ranks b a c: DCG 1/log2(3) + 3/log2(4); with x and y, b a x c y: 1/log2(3) + 3/log2(5). The ideal (c a) is
     3 + 1/log2(3) either way, so the change is (3/log2(5) - 3/2) / (3 + 1/log2(3))."""
-    from datetime import datetime
     from math import log2
 
-    from adapters.dataset import QueryGroup
     from adapters.ranking_metrics import offpage_ndcg_change
 
-    scores = {"a": 3.0, "b": 9.0, "c": 1.0, "x": 2.0, "y": 0.0}
-    g = QueryGroup(key="k", query="q", ts=datetime(2026, 1, 1), item_ids=tuple("abcxy"),
-                   texts=tuple("abcxy"), labels=(1, 0, 2, 0, 0))
-    no_click = QueryGroup(key="n", query="q", ts=g.ts, item_ids=tuple("bxy"), texts=tuple("bxy"), labels=(0, 0, 0))
-
-    def fn(_q: str, texts: list[str]) -> np.ndarray:
-        return np.asarray([scores[t] for t in texts])
-
+    scores, g, no_click, fn = _offpage_fixture()
     got = offpage_ndcg_change(fn, [g, no_click, g], [3, 1, 5])
     assert got[0] == pytest.approx((3 / log2(5) - 3 / 2) / (3 + 1 / log2(3)))
     assert np.isnan(got[1])  # no clicked item
