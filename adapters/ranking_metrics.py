@@ -198,7 +198,9 @@ def offpage_accuracy(score_fn: Callable[[str, Sequence[str]], np.ndarray], group
 
     A page holds what retrieval found for its query; a model can learn to order pages better while ranking
     products that do not match at all above relevant ones (the LoRA adapter did, in `bench learn`), which
-    no metric on the pages themselves can see. The gate compares this per group (`gate.decide`)."""
+    no metric on the pages themselves can see. `bench learn` reports it (the gate's check was this before it
+    read `offpage_ndcg_change`). Scores the whole group, as `offpage_ndcg_change` does, so that a caller
+    that caches scores by (query, texts) scores each group once for both."""
     out: list[float] = []
     for g, n in zip(groups, n_page, strict=True):
         labels = np.asarray(g.labels)
@@ -207,7 +209,7 @@ def offpage_accuracy(score_fn: Callable[[str, Sequence[str]], np.ndarray], group
             out.append(float("nan"))
             continue
         keep = np.concatenate([clicked, added])
-        scores = np.asarray(score_fn(g.query, [g.texts[i] for i in keep]), dtype=np.float64)
+        scores = np.asarray(score_fn(g.query, list(g.texts)), dtype=np.float64)[keep]
         out.append(float(auc(scores, (keep < n).astype(np.int64)) or 0.0))  # both classes present: never None
     return out
 

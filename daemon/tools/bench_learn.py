@@ -134,7 +134,8 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
     gt = judged_ndcg(cand, judged)
     gt_served = judged_ndcg(cand, served)
     gate_cfg = GateConfig()
-    off = OffpageHoldout.decide_args(offpage, cand, scoring.zero_shot)
+    off_cand, off_zero = _memo(cand), _memo(scoring.zero_shot)  # the off-page groups, scored once for both measures
+    off = OffpageHoldout.decide_args(offpage, off_cand, off_zero)
     fair = decide(evaluate_groups(cand, holdout, propensity=curve.values, max_weight=opts["ips_max_weight"]
                                   ).per_group_ndcg, fair_zero, None, None, gate_cfg, seed=seed, **off)
     raw = decide(evaluate_groups(cand, holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed, **off)
@@ -146,11 +147,24 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
         "gt_ndcg10": float(np.mean(gt)), "gt_gain": gain, "gt_gain_se": se,
         "gt_served_ndcg10": float(np.mean(gt_served)), "gt_served_gain": served_gain, "gt_served_gain_se": served_se,
         "fair_gate": fair.passed, "fair_gain": fair.ndcg_gain, "fair_p": fair.bootstrap_p_gain,
-        "offpage_delta": fair.offpage_delta, "offpage_pairs_delta": _pairs_delta(offpage, cand, scoring.zero_shot),
+        "offpage_delta": fair.offpage_delta, "offpage_pairs_delta": _pairs_delta(offpage, off_cand, off_zero),
         "min_detectable_gain": fair.min_detectable_gain,
         "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
         "train_s": round(res_s, 1), "steps": steps, "best_step": best_step, "residual_scale": scale,
     }
+
+
+def _memo(score_fn: ScoreFn) -> ScoreFn:
+    """`score_fn` with its scores kept by (query, texts)."""
+    seen: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+
+    def scored(query: str, texts: Sequence[str]) -> np.ndarray:
+        key = (query, tuple(texts))
+        if key not in seen:
+            seen[key] = np.asarray(score_fn(query, texts), dtype=np.float64)
+        return seen[key]
+
+    return scored
 
 
 def _pairs_delta(offpage: Any, candidate: ScoreFn, zero_shot: ScoreFn) -> float | None:

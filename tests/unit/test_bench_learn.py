@@ -123,3 +123,32 @@ def test_the_drift_table_averages_seeds_and_shows_the_worst() -> None:
     table = drift_markdown([row(1, True, -0.004), row(2, False, 0.0)])
     assert table.splitlines()[2] == ("| s | 2/2 | 1/2 | 0.815 / 0.815 / 0.815 | 0.815 / 0.815 / 0.815 | "
                                      "-0.0020 (-0.0040) | -0.0040 (-0.0080) |")
+
+
+def test_both_off_page_measures_score_each_group_once_through_the_bench_cache() -> None:
+    """`bench learn` reports the pair share beside the gate's NDCG@10 change; both score the whole group, so
+    its cache (`_memo`) sends each off-page group to the model once, and the values are those without it."""
+    from datetime import datetime
+
+    import numpy as np
+
+    from adapters.dataset import QueryGroup
+    from adapters.ranking_metrics import offpage_accuracy, offpage_ndcg_change
+    from daemon.tools.bench_learn import _memo
+
+    scores = {"a": 3.0, "b": 9.0, "c": 1.0, "x": 2.0, "y": 0.0}
+    g = QueryGroup(key="k", query="q", ts=datetime(2026, 1, 1), item_ids=tuple("abcxy"), texts=tuple("abcxy"),
+                   labels=(1, 0, 2, 0, 0))
+    h = QueryGroup(key="h", query="r", ts=g.ts, item_ids=tuple("cbay"), texts=tuple("cbay"), labels=(0, 1, 0, 0))
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def model(query: str, texts: list[str]) -> np.ndarray:
+        calls.append((query, tuple(texts)))
+        return np.asarray([scores[t] for t in texts])
+
+    cached = _memo(model)
+    change, pairs = offpage_ndcg_change(cached, [g, h], [3, 3]), offpage_accuracy(cached, [g, h], [3, 3])
+    assert sorted(calls) == [("q", tuple("abcxy")), ("r", tuple("cbay"))]
+    calls.clear()
+    assert change == offpage_ndcg_change(model, [g, h], [3, 3])
+    assert pairs == offpage_accuracy(model, [g, h], [3, 3]) == [0.75, 1.0]  # h: b (clicked) above y
