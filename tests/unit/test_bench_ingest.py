@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from daemon.tools.bench_ingest import _TimedStats
 
 
@@ -23,3 +25,23 @@ def test_a_first_batch_that_holds_everything_is_done_at_once() -> None:
     stats.add(consumed=5, stored=5)
     stats.add(batches=1)
     assert stats.done.is_set() and stats.first_records == 5 and stats.done_at == stats.first_at
+
+
+def test_the_sqlite_rate_pays_for_what_the_run_left_in_the_wal(tmp_path: Path) -> None:
+    """The bench ends ranktune's SQLite window with a full checkpoint (`_final_checkpoint`): the WAL is
+    empty after it, so a run that checkpoints less often still pays for its pages."""
+    from sqlalchemy import text
+
+    from daemon.tools.bench_ingest import _final_checkpoint
+    from storage.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'b.db'}")
+    try:
+        with engine.begin() as c:
+            c.execute(text("CREATE TABLE t (x BLOB)"))
+            c.execute(text("INSERT INTO t VALUES (randomblob(100000))"))
+        assert (tmp_path / "b.db-wal").stat().st_size > 100_000
+        assert _final_checkpoint(engine) >= 0.0
+        assert (tmp_path / "b.db-wal").stat().st_size == 0
+    finally:
+        engine.dispose()
