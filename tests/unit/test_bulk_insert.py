@@ -205,3 +205,35 @@ def test_the_ingest_engine_bounds_each_wait_to_a_quarter_of_the_poll_interval(db
         assert [waits(120_000), waits(5_000), waits(0)] == ["15s", "5s", "15s"]
     else:
         assert waits(120_000) == "5000"
+
+
+def _wal_frames_after_writes(engine: Engine) -> int:
+    """Write about 2,000 pages in 10 transactions through `engine`, then return how many frames the WAL
+    holds since its last reset (`wal_checkpoint(PASSIVE)`'s second value)."""
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE IF NOT EXISTS pages (x BLOB)"))
+    for _ in range(10):
+        with engine.begin() as c:
+            c.execute(text("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) "
+                           "INSERT INTO pages SELECT randomblob(4000) FROM n"))
+    with engine.connect() as c:
+        return int(c.execute(text("PRAGMA wal_checkpoint(PASSIVE)")).one()[1])
+
+
+def test_the_sqlite_ingest_engine_checkpoints_ten_times_less_often(tmp_path: Path) -> None:
+    """SQLite's default checkpoints the WAL once it holds 1,000 pages, and the next write starts it over; the
+    ingest engine lets it grow to 10,000 (`writer.SQLITE_WAL_AUTOCHECKPOINT_PAGES`), so about 2,000 pages
+    written in 10 commits are still all in its WAL. Other engines keep the default."""
+    from daemon.ingest.writer import SQLITE_WAL_AUTOCHECKPOINT_PAGES, make_ingest_engine
+
+    plain = make_engine(f"sqlite:///{tmp_path / 'plain.db'}")
+    ingest = make_ingest_engine(f"sqlite:///{tmp_path / 'ingest.db'}",
+                                {"connect_timeout_s": 5, "statement_timeout_ms": 0}, max_poll_interval_ms=60_000)
+    try:
+        with ingest.connect() as c:
+            assert c.execute(text("PRAGMA wal_autocheckpoint")).scalar() == SQLITE_WAL_AUTOCHECKPOINT_PAGES == 10_000
+        assert _wal_frames_after_writes(plain) < 1_500
+        assert _wal_frames_after_writes(ingest) > 1_900
+    finally:
+        plain.dispose()
+        ingest.dispose()
