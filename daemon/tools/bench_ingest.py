@@ -22,9 +22,12 @@ one batch in N, against ranktune.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib.util
+import json
 import logging
+import random
 import tempfile
 import threading
 import time
@@ -37,13 +40,15 @@ from kafka import KafkaConsumer
 from sqlalchemy.engine import Engine
 
 from daemon.ingest.consumer import Ingestor
+from daemon.ingest.events import ParseConfig, Parsed, parse_record
 from daemon.ingest.kafka_client import client_kwargs, ensure_topics
+from daemon.ingest.pseudonym import Pseudonymizer
 from daemon.ingest.stats import IngestStats
-from daemon.ingest.writer import make_ingest_engine
+from daemon.ingest.writer import make_ingest_engine, write_batch
 from daemon.settings import Settings
 from daemon.tools.broker import EmbeddedBroker
 from daemon.tools.sim_output import produce_kafka
-from daemon.tools.simulate import SimConfig, generate
+from daemon.tools.simulate import SimConfig, SimRecord, generate
 from storage.db import ensure_schema
 
 TARGET_RATIO = 0.5  # of raw kafka-python with crc32c (a default dependency), on SQLite (issue #16)
@@ -59,6 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", default=None, help="Use this Kafka instead of an embedded tansu broker.")
     p.add_argument("--database-url", default=None,
                    help="Also measure ranktune into this (scratch) database, e.g. PostgreSQL.")
+    p.add_argument("--event-ids", choices=("sequential", "uuid"), default="sequential",
+                   help="The simulator's event ids (e-SEED-NNNNNNNN, stored in order) or random UUIDs, as many "
+                        "producers send them (each lands at a random place of the key index).")
+    p.add_argument("--prefill", type=int, default=0,
+                   help="Feedback events stored in the SQLite database before the measured run (a table that "
+                        "has grown for a while), with the same kind of ids.")
 
 
 class _TimedStats(IngestStats):
@@ -157,6 +168,47 @@ def _ranktune(settings: Settings, total: int, label: str) -> dict[str, Any]:
         engine.dispose()
 
 
+def _with_ids(records: list[SimRecord], kind: str, seed: int) -> list[SimRecord]:
+    """`records` with each feedback event's `event_id` replaced by a random UUID (drawn from `seed`) when
+    `kind` is "uuid"; malformed records stay as they are."""
+    if kind == "sequential":
+        return records
+    rng = random.Random(f"event-ids-{seed}")
+    out = []
+    for rec in records:
+        if rec.stream == "feedback" and rec.kind == "feedback":
+            payload = json.loads(rec.value)
+            payload["event_id"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            rec = dataclasses.replace(rec, value=json.dumps(payload).encode())
+        out.append(rec)
+    return out
+
+
+def _prefill(settings: Settings, events: int, kind: str, seed: int) -> None:
+    """Store `events` simulated feedback events (another seed's, ids of `kind`) in the settings' database,
+    as ingest stores them, in batches of 5,000; then checkpoint, so the run starts with an empty WAL."""
+    if events <= 0:
+        return
+    config = ParseConfig.from_settings(settings)
+    records = _with_ids(list(generate(SimConfig(seed=seed + 1, n_events=events))), kind, seed + 1)
+    pseudonymize = Pseudonymizer(None)
+    rows: list[Parsed] = []
+    for offset, rec in enumerate(r for r in records if r.stream == "feedback"):
+        parsed = parse_record(config.feedback_topic, 0, offset, rec.key, rec.value, config=config,
+                              pseudonymize=pseudonymize)
+        if isinstance(parsed, Parsed):
+            rows.append(parsed)
+    engine = make_ingest_engine(settings.storage.sqlalchemy_url, settings.storage.engine_options,
+                                settings.kafka.max_poll_interval_ms)
+    try:
+        ensure_schema(engine)
+        for i in range(0, len(rows), 5000):
+            write_batch(engine, rows[i : i + 5000])
+        _final_checkpoint(engine)
+    finally:
+        engine.dispose()
+
+
 def _final_checkpoint(engine: Engine) -> float:
     """SQLite: seconds to copy what the run left in the WAL into the database file, which the rate counts
     as part of the run (0.0 on PostgreSQL). How often commits checkpoint is a trade: checkpointing less
@@ -192,20 +244,24 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         })
         ensure_topics(s, [s.kafka.feedback_topic, s.kafka.catalog_topic, s.kafka.deadletter_topic])
         cfg = SimConfig(seed=args.seed, n_items=args.items, n_events=args.events, malformed_rate=args.malformed_rate)
-        records = list(generate(cfg))
+        records = _with_ids(list(generate(cfg)), args.event_ids, args.seed)
         t0 = time.perf_counter()
         counts = produce_kafka(records, s)
         produce_s = time.perf_counter() - t0
         total = len(records)
 
         raw = _raw(s, total)
-        sqlite = _ranktune(s.replace(**{"storage_database_url": f"sqlite:///{tmp / 'bench.db'}"}), total, "sqlite")
+        sqlite_settings = s.replace(**{"storage_database_url": f"sqlite:///{tmp / 'bench.db'}"})
+        _prefill(sqlite_settings, args.prefill, args.event_ids, args.seed)
+        sqlite = _ranktune(sqlite_settings, total, "sqlite")
         ratio = sqlite["events_per_s"] / raw["events_per_s"] if raw["events_per_s"] else 0.0
         result: dict[str, Any] = {
             "events": total,
             "records": {"feedback": counts["feedback"], "catalog": counts["catalog"], "malformed": counts["malformed"]},
             "broker": "embedded tansu" if args.bootstrap is None else bootstrap,
             "poll_max_records": s.kafka.poll_max_records,
+            "event_ids": args.event_ids,
+            "sqlite_prefilled_events": args.prefill,
             "kafka_crc32c": "crc32c package (C)" if importlib.util.find_spec("crc32c") else "pure Python",
             "produce": _rate(total, produce_s),
             "raw": raw,

@@ -45,3 +45,29 @@ def test_the_sqlite_rate_pays_for_what_the_run_left_in_the_wal(tmp_path: Path) -
         assert (tmp_path / "b.db-wal").stat().st_size == 0
     finally:
         engine.dispose()
+
+
+def test_uuid_event_ids_replace_only_the_ids_of_valid_feedback_deterministically() -> None:
+    """`--event-ids uuid`: every valid feedback event gets its own random UUID, the same for the same seed;
+    catalog and malformed records are sent as they were."""
+    import json
+    import uuid
+
+    from daemon.tools.bench_ingest import _with_ids
+    from daemon.tools.simulate import SimConfig, generate
+
+    records = list(generate(SimConfig(seed=3, n_events=300, malformed_rate=0.05)))
+    assert _with_ids(records, "sequential", 3) is records
+    once, again = _with_ids(records, "uuid", 3), _with_ids(records, "uuid", 3)
+    assert once == again and len(once) == len(records)
+    ids = []
+    for before, after in zip(records, once, strict=True):
+        if before.kind != "feedback":
+            assert after == before
+            continue
+        old, new = json.loads(before.value), json.loads(after.value)
+        assert uuid.UUID(new.pop("event_id")).version == 4
+        old.pop("event_id")
+        assert new == old
+        ids.append(json.loads(after.value)["event_id"])
+    assert len(ids) == len(set(ids)) == 300

@@ -220,10 +220,11 @@ def _wal_frames_after_writes(engine: Engine) -> int:
         return int(c.execute(text("PRAGMA wal_checkpoint(PASSIVE)")).one()[1])
 
 
-def test_the_sqlite_ingest_engine_checkpoints_ten_times_less_often(tmp_path: Path) -> None:
+def test_the_sqlite_ingest_engine_checkpoints_ten_times_less_often_with_a_larger_cache(tmp_path: Path) -> None:
     """SQLite's default checkpoints the WAL once it holds 1,000 pages, and the next write starts it over; the
     ingest engine lets it grow to 10,000 (`writer.SQLITE_WAL_AUTOCHECKPOINT_PAGES`), so about 2,000 pages
-    written in 10 commits are still all in its WAL. Other engines keep the default."""
+    written in 10 commits are still all in its WAL; and its page cache is 64 MiB, not 2 MiB. Other engines
+    keep the defaults."""
     from daemon.ingest.writer import SQLITE_WAL_AUTOCHECKPOINT_PAGES, make_ingest_engine
 
     plain = make_engine(f"sqlite:///{tmp_path / 'plain.db'}")
@@ -232,6 +233,9 @@ def test_the_sqlite_ingest_engine_checkpoints_ten_times_less_often(tmp_path: Pat
     try:
         with ingest.connect() as c:
             assert c.execute(text("PRAGMA wal_autocheckpoint")).scalar() == SQLITE_WAL_AUTOCHECKPOINT_PAGES == 10_000
+            assert c.execute(text("PRAGMA cache_size")).scalar() == -65_536  # KiB
+        with plain.connect() as c:
+            assert c.execute(text("PRAGMA cache_size")).scalar() == -2_000  # SQLite's default
         assert _wal_frames_after_writes(plain) < 1_500
         assert _wal_frames_after_writes(ingest) > 1_900
     finally:
