@@ -186,7 +186,8 @@ def _with_ids(records: list[SimRecord], kind: str, seed: int) -> list[SimRecord]
 
 def _prefill(settings: Settings, events: int, kind: str, seed: int) -> None:
     """Store `events` simulated feedback events (another seed's, ids of `kind`) in the settings' database,
-    as ingest stores them, in batches of 5,000; then checkpoint, so the run starts with an empty WAL."""
+    as ingest stores them, in batches of `poll_max_records`; then checkpoint, so the run starts with an empty
+    WAL."""
     if events <= 0:
         return
     config = ParseConfig.from_settings(settings)
@@ -202,8 +203,9 @@ def _prefill(settings: Settings, events: int, kind: str, seed: int) -> None:
                                 settings.kafka.max_poll_interval_ms)
     try:
         ensure_schema(engine)
-        for i in range(0, len(rows), 5000):
-            write_batch(engine, rows[i : i + 5000])
+        per = settings.kafka.poll_max_records
+        for i in range(0, len(rows), per):
+            write_batch(engine, rows[i : i + per])
         _final_checkpoint(engine)
     finally:
         engine.dispose()

@@ -106,10 +106,12 @@ def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreF
 def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int,
                    n_pos: int, curve: Any, holdout: Sequence[Any], judged: Sequence[dict[str, Any]],
                    zs_gt: Sequence[float], served: Sequence[dict[str, Any]], zs_served: Sequence[float],
-                   fair_zero: Sequence[float], raw_zero: Sequence[float], offpage: Any) -> dict[str, Any]:
+                   fair_zero: Sequence[float], raw_zero: Sequence[float], offpage: Any,
+                   offpage_zero: ScoreFn) -> dict[str, Any]:
     """Train one learner on `data`, then judge it: ground truth on unseen queries, and the gate against
     zero-shot on the click holdout, debiased (`fair`) and raw, both with the off-page check (`offpage`, a
-    `gate.OffpageHoldout` or None). Returns its row of the table."""
+    `gate.OffpageHoldout` or None; `offpage_zero`: zero-shot with its scores kept, `_memo`, shared by the
+    learners). Returns its row of the table."""
     from adapters.config import GateConfig, TrainConfig
     from adapters.gate import OffpageHoldout, decide
     from adapters.ranking_metrics import evaluate_groups
@@ -134,8 +136,8 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
     gt = judged_ndcg(cand, judged)
     gt_served = judged_ndcg(cand, served)
     gate_cfg = GateConfig()
-    off_cand, off_zero = _memo(cand), _memo(scoring.zero_shot)  # the off-page groups, scored once for both measures
-    off = OffpageHoldout.decide_args(offpage, off_cand, off_zero)
+    off_cand = _memo(cand)  # the off-page groups, scored once for both measures
+    off = OffpageHoldout.decide_args(offpage, off_cand, offpage_zero)
     fair = decide(evaluate_groups(cand, holdout, propensity=curve.values, max_weight=opts["ips_max_weight"]
                                   ).per_group_ndcg, fair_zero, None, None, gate_cfg, seed=seed, **off)
     raw = decide(evaluate_groups(cand, holdout).per_group_ndcg, raw_zero, None, None, gate_cfg, seed=seed, **off)
@@ -147,7 +149,7 @@ def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, op
         "gt_ndcg10": float(np.mean(gt)), "gt_gain": gain, "gt_gain_se": se,
         "gt_served_ndcg10": float(np.mean(gt_served)), "gt_served_gain": served_gain, "gt_served_gain_se": served_se,
         "fair_gate": fair.passed, "fair_gain": fair.ndcg_gain, "fair_p": fair.bootstrap_p_gain,
-        "offpage_delta": fair.offpage_delta, "offpage_pairs_delta": _pairs_delta(offpage, off_cand, off_zero),
+        "offpage_delta": fair.offpage_delta, "offpage_pairs_delta": _pairs_delta(offpage, off_cand, offpage_zero),
         "min_detectable_gain": fair.min_detectable_gain,
         "raw_gate": raw.passed, "raw_gain": raw.ndcg_gain,
         "train_s": round(res_s, 1), "steps": steps, "best_step": best_step, "residual_scale": scale,
@@ -230,12 +232,13 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
                                 max_weight=opts["ips_max_weight"]).per_group_ndcg
     raw_zero = evaluate_groups(zero_shot, splits.holdout).per_group_ndcg
     offpage = OffpageHoldout.build(splits, GateConfig(), seed)
+    offpage_zero = _memo(zero_shot)  # every learner is compared with it on the same off-page groups
     for learner in opts["learners"]:
         data = truth_splits if learner == "ceiling" else splits
         rows[learner] = _train_learner(scoring, learner, f"b-{spec.name}-{seed}-{learner}"[:60], data, opts, seed=seed,
                                        n_pos=n_pos, curve=curve, holdout=splits.holdout, judged=judged, zs_gt=zs_gt,
                                        served=served, zs_served=zs_served, fair_zero=fair_zero, raw_zero=raw_zero,
-                                       offpage=offpage)
+                                       offpage=offpage, offpage_zero=offpage_zero)
         log.info("%s seed %d %s: gt %.4f (zero-shot %.4f) fair gate %s raw gate %s, %.0fs", spec.name, seed, learner,
                  rows[learner]["gt_ndcg10"], rows["zero-shot"]["gt_ndcg10"], rows[learner]["fair_gate"],
                  rows[learner]["raw_gate"], rows[learner]["train_s"])
