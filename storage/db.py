@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,7 +50,8 @@ def make_engine(url: str, *, echo: bool = False, connect_timeout_s: int = DEFAUL
         engine = create_engine(
             url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        sqlite_pragmas(engine, {"journal_mode": "WAL", "synchronous": "NORMAL", "busy_timeout": 30_000,
+                                "foreign_keys": "ON"})
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout_s)),
                                     "options": f"-c statement_timeout={int(statement_timeout_ms)}"}
@@ -71,13 +72,22 @@ def _failed_ping_is_a_disconnect(ctx: Any) -> None:
         ctx.is_disconnect = True
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+def sqlite_pragmas(engine: Engine, pragmas: Mapping[str, int | str], *, on: str = "connect") -> None:
+    """Run `PRAGMA name=value` for each of `pragmas` on this SQLite engine's connections: once per new
+    connection (`on="connect"`), or at every checkout from the pool (`on="checkout"`, so that connections
+    already pooled get a changed value too). Values are ints or bare keywords (WAL, NORMAL, ON)."""
+    for name, value in pragmas.items():
+        if not (name.isidentifier() and (isinstance(value, int) or str(value).isalnum())):
+            raise ValueError(f"not a PRAGMA setting: {name}={value!r}")
+    statements = [f"PRAGMA {name}={value}" for name, value in pragmas.items()]
+
+    def _run(dbapi_conn: Any, *_: Any) -> None:
+        cur = dbapi_conn.cursor()
+        for statement in statements:
+            cur.execute(statement)
+        cur.close()
+
+    event.listen(engine, on, _run)
 
 
 @contextmanager

@@ -17,13 +17,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from daemon.ingest.events import Parsed, Rejection
 from daemon.settings_groups import EngineOptions
-from storage.db import make_engine, write_scope
+from storage.db import make_engine, sqlite_pragmas, write_scope
 from storage.errors import StorageError
 from storage.events_repo import insert_feedback, upsert_catalog, write_time
 
@@ -77,16 +76,8 @@ def tune_sqlite_ingest(engine: Engine, *, checkpoint_pages: int = SQLITE_WAL_AUT
 
     Measured in README "Benchmarks" (ingestion, stop 28). Only this engine's connections change: the others
     keep SQLite's defaults, and any connection's checkpoint covers the whole WAL."""
-    if engine.dialect.name != "sqlite":
-        return
-
-    def _pragma(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA wal_autocheckpoint={int(checkpoint_pages)}")
-        cur.execute(f"PRAGMA cache_size={-int(cache_kib)}")
-        cur.close()
-
-    event.listen(engine, "connect", _pragma)
+    if engine.dialect.name == "sqlite":
+        sqlite_pragmas(engine, {"wal_autocheckpoint": int(checkpoint_pages), "cache_size": -int(cache_kib)})
 
 
 def bound_sqlite_wait(engine: Engine, seconds: float) -> None:
@@ -94,15 +85,8 @@ def bound_sqlite_wait(engine: Engine, seconds: float) -> None:
     holds the batch and pauses the partitions instead of stalling the loop past `max_poll_interval`.
 
     Set on every checkout, so connections already pooled get it too (one PRAGMA per batch)."""
-    if engine.dialect.name != "sqlite":
-        return
-
-    def _pragma(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
-        cur.close()
-
-    event.listen(engine, "checkout", _pragma)
+    if engine.dialect.name == "sqlite":
+        sqlite_pragmas(engine, {"busy_timeout": int(seconds * 1000)}, on="checkout")
 
 
 def write_batch(engine: Engine, parsed: list[Parsed]) -> WriteOutcome:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, inspect, text
 
 from storage import events_repo, registry
-from storage.db import ensure_schema, head_revision, make_engine, session_scope, upgrade
+from storage.db import ensure_schema, head_revision, make_engine, session_scope, sqlite_pragmas, upgrade
 from storage.errors import ChampionChanged, InvalidTransition, SchemaOutdated, VersionNotFound
 from storage.models import AdapterVersion, FeedbackEvent
 
@@ -36,6 +36,23 @@ def test_new_sqlite_file_gets_current_schema(tmp_path):
     with eng.connect() as c:
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert c.execute(text("select version_num from alembic_version")).scalar() == head_revision()
+
+
+def test_sqlite_pragmas_apply_on_connect_or_at_every_checkout(tmp_path):
+    eng = make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    sqlite_pragmas(eng, {"cache_size": -4096})
+    wait = {"ms": 1234}
+    sqlite_pragmas(eng, {"busy_timeout": wait["ms"]}, on="checkout")
+    with eng.connect() as c:
+        assert c.execute(text("PRAGMA cache_size")).scalar() == -4096
+        assert c.execute(text("PRAGMA busy_timeout")).scalar() == 1234  # the checkout's value, not make_engine's 30 s
+        assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1  # make_engine's own listener still runs
+        c.execute(text("PRAGMA busy_timeout=5"))
+    with eng.connect() as c:  # the same pooled connection, set again at checkout
+        assert c.execute(text("PRAGMA busy_timeout")).scalar() == 1234
+    for bad in ({"cache_size; DROP TABLE x": 1}, {"journal_mode": "WAL; DELETE"}):
+        with pytest.raises(ValueError, match="not a PRAGMA setting"):
+            sqlite_pragmas(eng, bad)
 
 
 def test_outdated_schema_is_refused_with_the_fix(db_url):
