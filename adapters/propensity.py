@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 __all__ = [
+    "MIN_SLOT_REPEATS",
     "PropensityCurve",
     "estimate",
     "estimate_harvested",
@@ -68,6 +69,9 @@ class PropensityCurve:
 
     `support[k]` counts the impressions at position k that informed the estimate; positions without
     support were filled from their neighbours (interpolated, or the last supported value held).
+    `slot_repeats` (slot estimators only, else 0): mean impressions per informative slot, that is, how often
+    the estimate saw each item (or ranked slot) it learned from; one relevance is fitted per slot, so at
+    2 or 3 the curve absorbs the noise of those fits (see `estimate`).
     """
 
     values: tuple[float, ...]
@@ -75,6 +79,7 @@ class PropensityCurve:
     n_pages: int
     n_clicks: int
     support: tuple[int, ...] = ()
+    slot_repeats: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.values:
@@ -88,12 +93,13 @@ class PropensityCurve:
         """JSON-ready (stored with each training run, shown by status and the API)."""
         d = asdict(self)
         d["values"] = [round(v, 5) for v in self.values]
+        d["slot_repeats"] = round(self.slot_repeats, 3)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PropensityCurve:
         return cls(tuple(float(v) for v in d["values"]), str(d["method"]), int(d["n_pages"]), int(d["n_clicks"]),
-                   tuple(int(s) for s in d.get("support", ())))
+                   tuple(int(s) for s in d.get("support", ())), float(d.get("slot_repeats", 0.0)))
 
 
 def power_curve(eta: float, n_positions: int) -> PropensityCurve:
@@ -124,12 +130,13 @@ def _fill(values: np.ndarray, support: np.ndarray) -> np.ndarray:
 
 
 def _fit_slots(slot: np.ndarray, pos: np.ndarray, click: np.ndarray, n_positions: int,
-               iters: int = 300, prior: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
+               iters: int = 300, prior: float = 0.5) -> tuple[np.ndarray, np.ndarray, int, float]:
     """Fit clicks ~ Poisson(theta[pos] * rel[slot]) by alternating maximum likelihood.
 
     Only slots seen at two or more positions inform theta (others fit their own rate exactly). A weak
     prior (`prior` pseudo-impressions at the current mean rate) keeps slots without clicks finite.
-    Returns (theta relative to position 0, informative impressions per position, informative clicks).
+    Returns (theta relative to position 0, informative impressions per position, informative clicks,
+    mean impressions per informative slot).
     """
     _, slot = np.unique(slot, return_inverse=True)
     n_slots = int(slot.max()) + 1 if slot.size else 0
@@ -141,7 +148,8 @@ def _fit_slots(slot: np.ndarray, pos: np.ndarray, click: np.ndarray, n_positions
     support = np.bincount(pos, minlength=n_positions)[:n_positions]
     informative = int(click.sum())
     if slot.size == 0:
-        return np.ones(n_positions), support, 0
+        return np.ones(n_positions), support, 0, 0.0
+    repeats = slot.size / np.unique(slot).size
     theta = np.ones(n_positions)
     c_pos = np.bincount(pos, weights=click, minlength=n_positions)[:n_positions]
     c_slot = np.bincount(slot, weights=click, minlength=n_slots)
@@ -159,7 +167,7 @@ def _fit_slots(slot: np.ndarray, pos: np.ndarray, click: np.ndarray, n_positions
             theta = new
             break
         theta = new
-    return theta, support, informative
+    return theta, support, informative, float(repeats)
 
 
 def _observations(groups: Sequence[_Page], n_positions: int, slot_of: Callable[[_Page, int], Any],
@@ -186,11 +194,11 @@ def _slot_curve(groups: Sequence[_Page], n_positions: int, method: str, slot_of:
     if not slots:
         return PropensityCurve(tuple([1.0] * n_positions), method, 0, 0, tuple([0] * n_positions))
     codes = np.unique(np.asarray([hash(s) for s in slots], dtype=np.int64), return_inverse=True)[1]
-    theta, support, informative = _fit_slots(codes, pos, clicks, n_positions)
+    theta, support, informative, repeats = _fit_slots(codes, pos, clicks, n_positions)
     theta = _fill(theta, support)
     # n_clicks: the clicks that informed the curve (on slots seen at two or more positions)
     return PropensityCurve(tuple(float(v) for v in theta), method, pages, informative,
-                           tuple(int(s) for s in support))
+                           tuple(int(s) for s in support), repeats)
 
 
 def estimate_randomized(groups: Sequence[_Page], n_positions: int = 10) -> PropensityCurve:
@@ -304,6 +312,9 @@ def estimate_regression_em(
                            tuple(int(s) for s in support))
 
 
+MIN_SLOT_REPEATS = 8.0  # harvesting is preferred to regression EM only from this many impressions per pair
+
+
 def _enough(curve: PropensityCurve, min_clicks: int, n_check: int) -> bool:
     return curve.n_clicks >= min_clicks and all(s > 0 for s in curve.support[:n_check])
 
@@ -314,24 +325,31 @@ def estimate(
     *,
     features: Callable[[P], np.ndarray] | None = None,
     min_clicks: int = 300,
+    min_slot_repeats: float = MIN_SLOT_REPEATS,
     method: str = "auto",
 ) -> PropensityCurve:
     """The curve from the best estimator the logs allow (`method="auto"`), or the one named.
 
-    auto: randomized pages if they hold `min_clicks` informative clicks and cover every position, else
-    harvesting if repeated (query, item) pairs do, else regression EM (needs `features`), else
-    `1 / (k + 1)` as prior. Informative: on a slot seen at two or more positions; harvesting from a few
-    hundred pages with few repeats passes a plain click count and is wildly off (measured: 4.9x at
-    position 4 on 400 lexical pages), hence the stricter count.
+    auto: randomized pages if they hold `min_clicks` informative clicks and cover every position; else
+    harvesting if repeated (query, item) pairs do and each was seen `min_slot_repeats` times on average
+    (or no `features` are given); else regression EM (needs `features`); else `1 / (k + 1)` as prior.
+    Informative: on a slot seen at two or more positions; harvesting from a few hundred pages with few
+    repeats passes a plain click count and is wildly off (measured: 4.9x at position 4 on 400 lexical
+    pages), hence the stricter count. Harvesting fits one relevance per (query, item); seen 2 to 4 times
+    each, those fits are noisy and the curve with them: on the bench's random-order shops (about 2.2
+    impressions per pair) it was 0.30-1.37 off where regression EM was 0.23-0.52, and on
+    `tests/unit/test_propensity.py`'s logs regression EM is closer up to 4 impressions per pair and
+    harvesting only from about 10 (README "Exploration").
     """
     if method in ("auto", "randomized"):
         curve = estimate_randomized(groups, n_positions)
         if method == "randomized" or _enough(curve, min_clicks, n_positions):
             return curve
     if method in ("auto", "harvested"):
-        curve = estimate_harvested(groups, n_positions)
-        if method == "harvested" or _enough(curve, min_clicks, n_positions):
-            return curve
+        harvested = estimate_harvested(groups, n_positions)
+        if method == "harvested" or (_enough(harvested, min_clicks, n_positions)
+                                     and (features is None or harvested.slot_repeats >= min_slot_repeats)):
+            return harvested
     if method in ("auto", "regression_em") and features is not None:
         curve = estimate_regression_em(groups, features, n_positions)
         if method == "regression_em" or _enough(curve, min_clicks, n_positions):

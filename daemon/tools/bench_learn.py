@@ -36,7 +36,14 @@ import numpy as np
 __all__ = ["main", "markdown", "run", "run_one"]
 
 from daemon.tools.bench_learn_drift import drift_markdown, run_drift
-from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, paired_gain, split_overrides, train_overrides
+from daemon.tools.bench_learn_models import (
+    BenchScoring,
+    ScoreFn,
+    paired_gain,
+    propensity_overrides,
+    split_overrides,
+    train_overrides,
+)
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -57,6 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default=None, help="Override every shop's logging policy (random|lexical|closed).")
     p.add_argument("--explore-rate", type=float, default=None, help="Override the share of shuffled pages.")
     p.add_argument("--propensity", default="auto", help="auto|randomized|harvested|regression_em|true.")
+    p.add_argument("--min-slot-repeats", type=float, default=None,
+                   help="auto takes harvesting over regression EM only when its (query, item) pairs were seen this "
+                        "often on average (default: the daemon's, adapters.propensity.MIN_SLOT_REPEATS; 0: "
+                        "harvesting whenever it has the clicks, as before stop 29).")
     p.add_argument("--learners", default=",".join(LEARNERS[1:]), help="Trained learners (default %(default)s).")
     p.add_argument("--quantization", default="nf4")
     p.add_argument("--max-seq-len", type=int, default=48)
@@ -89,7 +100,7 @@ def _truth_groups(events: Sequence[dict[str, Any]]) -> list[Any]:
 
 
 def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreFn,
-           method: str) -> Any:
+           method: str, **overrides: Any) -> Any:
     """The propensity curve the corrected learner uses: estimated from the logs by `method`, or the
     simulator's own (`true`, normalized to position 1)."""
     from adapters import propensity as prop
@@ -100,7 +111,8 @@ def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreF
     def features(g: Any) -> np.ndarray:
         return np.asarray(zero_shot(g.query, g.texts), dtype=np.float64)[:, None]
 
-    return prop.estimate(list(groups), len(true_curve), features=features, method=method)
+    return prop.estimate(list(groups), len(true_curve), features=features, method=method,
+                         **overrides)
 
 
 def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int,
@@ -210,7 +222,7 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
     sim_s = time.monotonic() - t0
     n_pos = spec.page_size
     true_curve = shop.spec.clicks.curve(n_pos)
-    curve = _curve(groups, true_curve, zero_shot, opts["propensity"])
+    curve = _curve(groups, true_curve, zero_shot, opts["propensity"], **propensity_overrides(opts))
     prop_err = prop.max_relative_error(curve.values, true_curve, min(10, n_pos))
 
     window = groups[-opts["train_pages"]:]
@@ -339,7 +351,8 @@ def run(args: argparse.Namespace, settings: Any = None) -> dict[str, Any]:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     specs = _specs(args)
     opts = {"log_pages": args.log_pages, "train_pages": args.train_pages, "judged_queries": args.judged_queries,
-            "candidates": args.candidates, "propensity": args.propensity, "learning_rate": args.learning_rate,
+            "candidates": args.candidates, "propensity": args.propensity, "min_slot_repeats": args.min_slot_repeats,
+            "learning_rate": args.learning_rate,
             "epochs": args.epochs, "eval_every": args.eval_every, "ips_max_weight": args.ips_max_weight,
             "random_negatives": args.random_negatives, "selection_fraction": args.selection_fraction,
             "learners": [x.strip() for x in args.learners.split(",") if x.strip()], "model": args.model,

@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from daemon.tools.bench_learn_models import BenchScoring, ScoreFn, paired_gain, split_overrides, train_overrides
+from daemon.tools.bench_learn_models import (
+    BenchScoring,
+    ScoreFn,
+    paired_gain,
+    propensity_overrides,
+    split_overrides,
+    train_overrides,
+)
 from daemon.tools.bench_learn_proxy import ProxyModel
 from daemon.tools.serving_quality import judged_ndcg
 
@@ -114,7 +121,8 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     zero_shot = scoring.zero_shot
 
     def curve_of(groups: Sequence[Any]) -> Any:
-        return prop.estimate(groups, n_pos, features=lambda g: np.asarray(zero_shot(g.query, g.texts))[:, None])
+        return prop.estimate(groups, n_pos, features=lambda g: np.asarray(zero_shot(g.query, g.texts))[:, None],
+                             **propensity_overrides(opts))
 
     # phase 1: pre-drift logs, the first champion
     pre_events = list(shop.traffic(opts["log_pages"], order=zero_shot, phase="pre"))
@@ -141,7 +149,8 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     models = {"zero_shot": zero_shot, "champion": champion, "candidate": cand2, "new_champion": new_champion}
     out = {"shop": spec.name, "seed": seed, "model": opts["model"], "drifted_categories": sorted(shop.drifted),
            "gate1": g1.passed, "gate2": g2.passed, "gate2_regression_delta": g2.regression_delta,
-           "n_regression": len(s2.regression), "n_replay": s2.replay_count, **_judged(shop, opts, models),
+           "n_regression": len(s2.regression), "n_replay": s2.replay_count,
+           "propensity_methods": [curve1.method, curve2.method], **_judged(shop, opts, models),
            "total_s": round(time.monotonic() - t0, 1)}
     log.info("drift %s seed %d: %s", spec.name, seed, json.dumps(out))
     return out

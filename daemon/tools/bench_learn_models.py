@@ -36,6 +36,12 @@ def split_overrides(opts: dict[str, Any]) -> dict[str, Any]:
     return {} if given is None else {"selection_fraction": given}
 
 
+def propensity_overrides(opts: dict[str, Any]) -> dict[str, Any]:
+    """`adapters.propensity.estimate` arguments the bench's options override (when given)."""
+    given = opts.get("min_slot_repeats")
+    return {} if given is None else {"min_slot_repeats": float(given)}
+
+
 def train_overrides(opts: dict[str, Any]) -> dict[str, Any]:
     """TrainConfig fields the bench's options override (when given); the rest keep the daemon's defaults."""
     given = {"random_negatives": opts.get("random_negatives"), "eval_every_steps": opts.get("eval_every")}

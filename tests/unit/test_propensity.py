@@ -10,6 +10,7 @@ import pytest
 
 from adapters.dataset import QueryGroup
 from adapters.propensity import (
+    MIN_SLOT_REPEATS,
     PropensityCurve,
     estimate,
     estimate_harvested,
@@ -109,14 +110,15 @@ def test_regression_em_works_from_a_single_deterministic_ranker() -> None:
     # every query's page is the same, so the estimate sees each (query, item) at one position only
     groups = _logs(8_000, 1.0, explore=0.0, noisy_ranker=False, n_queries=4_000)
 
-    def features(g: QueryGroup) -> np.ndarray:
-        _, feat = _relevance(int(g.query[1:]))
-        return np.array([feat[int(i[1:])] for i in g.item_ids])
-
-    curve = estimate_regression_em(groups, features)
+    curve = estimate_regression_em(groups, _features)
     assert max_relative_error(curve.values, TRUE) < 0.2
     # a wrong answer is possible: ignoring the position (a flat curve) would be off by 900% at position 10
     assert max_relative_error([1.0] * 10, TRUE) > 5
+
+
+def _features(g: QueryGroup) -> np.ndarray:
+    _, feat = _relevance(int(g.query[1:]))
+    return np.array([feat[int(i[1:])] for i in g.item_ids])
 
 
 def test_auto_prefers_randomized_then_falls_back() -> None:
@@ -124,6 +126,23 @@ def test_auto_prefers_randomized_then_falls_back() -> None:
     assert estimate(_logs(3_000, 1.0, explore=0.0, noisy_ranker=True)).method == "harvested"
     fallback = estimate(_logs(200, 1.0, explore=0.0, noisy_ranker=False))
     assert fallback.method.startswith("prior") and fallback.values == pytest.approx(TRUE)
+
+
+def test_auto_harvests_only_pairs_seen_often_when_regression_em_can_run() -> None:
+    # 3,000 pages of 400 queries: each harvested (query, item) seen about 4 times; its own relevance fit is
+    # noisy and so is the curve; regression EM on a relevance feature is closer, and auto takes it
+    few = _logs(3_000, 1.0, explore=0.0, noisy_ranker=True)
+    harvested = estimate(few, method="harvested")
+    assert 2 < harvested.slot_repeats < MIN_SLOT_REPEATS
+    chosen = estimate(few, features=_features)
+    assert chosen.method == "regression_em"
+    assert max_relative_error(chosen.values, TRUE) < max_relative_error(harvested.values, TRUE)
+    # 10,000 pages: about 10 impressions per pair, harvesting is as close and needs no model of relevance
+    many = _logs(10_000, 1.0, explore=0.0, noisy_ranker=True)
+    chosen = estimate(many, features=_features)
+    assert chosen.method == "harvested" and chosen.slot_repeats >= MIN_SLOT_REPEATS
+    assert max_relative_error(chosen.values, TRUE) < 0.2
+    assert PropensityCurve.from_dict(chosen.to_dict()).slot_repeats == pytest.approx(chosen.slot_repeats, abs=1e-3)
 
 
 def test_curve_roundtrip_and_lookup() -> None:
