@@ -39,8 +39,8 @@ from daemon.tools.bench_learn_drift import drift_markdown, run_drift
 from daemon.tools.bench_learn_models import (
     BenchScoring,
     ScoreFn,
+    estimate_curve,
     paired_gain,
-    propensity_overrides,
     split_overrides,
     train_overrides,
 )
@@ -99,20 +99,14 @@ def _truth_groups(events: Sequence[dict[str, Any]]) -> list[Any]:
     return build_groups(rows, lambda _: None)
 
 
-def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreFn,
-           method: str, **overrides: Any) -> Any:
-    """The propensity curve the corrected learner uses: estimated from the logs by `method`, or the
-    simulator's own (`true`, normalized to position 1)."""
+def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreFn, opts: dict[str, Any]) -> Any:
+    """The propensity curve the corrected learner uses: estimated from the logs by `opts["propensity"]`, or
+    the simulator's own (`true`, normalized to position 1)."""
     from adapters import propensity as prop
 
-    if method == "true":
+    if opts["propensity"] == "true":
         return prop.PropensityCurve(tuple(v / true_curve[0] for v in true_curve), "true", 0, 0)
-
-    def features(g: Any) -> np.ndarray:
-        return np.asarray(zero_shot(g.query, g.texts), dtype=np.float64)[:, None]
-
-    return prop.estimate(list(groups), len(true_curve), features=features, method=method,
-                         **overrides)
+    return estimate_curve(groups, len(true_curve), zero_shot, opts, opts["propensity"])
 
 
 def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int,
@@ -222,7 +216,7 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
     sim_s = time.monotonic() - t0
     n_pos = spec.page_size
     true_curve = shop.spec.clicks.curve(n_pos)
-    curve = _curve(groups, true_curve, zero_shot, opts["propensity"], **propensity_overrides(opts))
+    curve = _curve(groups, true_curve, zero_shot, opts)
     prop_err = prop.max_relative_error(curve.values, true_curve, min(10, n_pos))
 
     window = groups[-opts["train_pages"]:]

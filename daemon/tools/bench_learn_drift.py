@@ -13,8 +13,8 @@ import numpy as np
 from daemon.tools.bench_learn_models import (
     BenchScoring,
     ScoreFn,
+    estimate_curve,
     paired_gain,
-    propensity_overrides,
     split_overrides,
     train_overrides,
 )
@@ -108,7 +108,6 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     categories whose taste the drift changed and those it left unchanged."""
     from dataclasses import replace
 
-    from adapters import propensity as prop
     from adapters.dataset import build_groups, split
     from daemon.tools.shops import FamilyShop
 
@@ -121,8 +120,7 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     zero_shot = scoring.zero_shot
 
     def curve_of(groups: Sequence[Any]) -> Any:
-        return prop.estimate(groups, n_pos, features=lambda g: np.asarray(zero_shot(g.query, g.texts))[:, None],
-                             **propensity_overrides(opts))
+        return estimate_curve(groups, n_pos, zero_shot, opts)
 
     # phase 1: pre-drift logs, the first champion
     pre_events = list(shop.traffic(opts["log_pages"], order=zero_shot, phase="pre"))

@@ -36,10 +36,18 @@ def split_overrides(opts: dict[str, Any]) -> dict[str, Any]:
     return {} if given is None else {"selection_fraction": given}
 
 
-def propensity_overrides(opts: dict[str, Any]) -> dict[str, Any]:
-    """`adapters.propensity.estimate` arguments the bench's options override (when given)."""
+def estimate_curve(groups: Sequence[Any], n_positions: int, zero_shot: ScoreFn, opts: dict[str, Any],
+                   method: str = "auto") -> Any:
+    """The position-bias curve as the daemon's cycle estimates it (`adapters.propensity.estimate`, relevance
+    feature: the zero-shot score), with the bench's `--min-slot-repeats` when given."""
+    from adapters import propensity as prop
+
+    def features(g: Any) -> np.ndarray:
+        return np.asarray(zero_shot(g.query, g.texts), dtype=np.float64)[:, None]
+
     given = opts.get("min_slot_repeats")
-    return {} if given is None else {"min_slot_repeats": float(given)}
+    repeats = prop.MIN_SLOT_REPEATS if given is None else float(given)
+    return prop.estimate(list(groups), n_positions, features=features, method=method, min_slot_repeats=repeats)
 
 
 def train_overrides(opts: dict[str, Any]) -> dict[str, Any]:

@@ -4,10 +4,13 @@ real bench is run by hand, its numbers go in the README, never into a test)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from adapters.dataset import build_groups
 from daemon.cli import main
 
 
@@ -75,6 +78,27 @@ def test_bench_learn_drift_reports_both_ground_truths(tmp_path: Path, capsys: py
                 assert r[f"{prefix}{label}_new_vs_old"] == pytest.approx(
                     r[f"{prefix}{label}_new_champion"] - r[f"{prefix}{label}_champion"])
                 assert r[f"{prefix}{label}_new_vs_old_se"] >= 0.0
+    assert len(r["propensity_methods"]) == 2  # before and after the drift
+    assert all(m in ("randomized", "harvested", "regression_em") or m.startswith("prior:")
+               for m in r["propensity_methods"])
+
+
+def test_min_slot_repeats_decides_between_harvesting_and_regression_em() -> None:
+    from daemon.tools.bench_learn_models import estimate_curve
+    from daemon.tools.shops import FamilyShop, family_spec
+
+    # a random-order shop: every (query, item) pair is shown at random positions, but only about twice
+    shop = FamilyShop(family_spec("electronics-random"), 1)
+    groups = build_groups(list(shop.traffic(1500, order=lambda q, t: np.zeros(len(t)))), lambda _: None)
+
+    def overlap(q: str, texts: Sequence[str]) -> np.ndarray:  # a relevance feature: shared words
+        words = set(q.lower().split())
+        return np.array([len(words & set(t.lower().split())) for t in texts], dtype=np.float64)
+
+    default = estimate_curve(groups, 10, overlap, {})
+    harvested = estimate_curve(groups, 10, overlap, {"min_slot_repeats": 0})
+    assert harvested.method == "harvested" and 2 <= harvested.slot_repeats < 3 and harvested.n_clicks >= 300
+    assert default.method == "regression_em"
 
 
 def test_the_stand_in_stops_early_by_the_daemons_rule() -> None:
