@@ -149,7 +149,7 @@ def _fit_slots(slot: np.ndarray, pos: np.ndarray, click: np.ndarray, n_positions
     informative = int(click.sum())
     if slot.size == 0:
         return np.ones(n_positions), support, 0, 0.0
-    repeats = slot.size / np.unique(slot).size
+    repeats = slot.size / int(np.count_nonzero(distinct >= 2))  # impressions per informative slot
     theta = np.ones(n_positions)
     c_pos = np.bincount(pos, weights=click, minlength=n_positions)[:n_positions]
     c_slot = np.bincount(slot, weights=click, minlength=n_slots)
