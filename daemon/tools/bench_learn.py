@@ -99,14 +99,21 @@ def _truth_groups(events: Sequence[dict[str, Any]]) -> list[Any]:
     return build_groups(rows, lambda _: None)
 
 
-def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreFn, opts: dict[str, Any]) -> Any:
-    """The propensity curve the corrected learner uses: estimated from the logs by `opts["propensity"]`, or
-    the simulator's own (`true`, normalized to position 1)."""
+def _curve(groups: Sequence[Any], true_curve: Sequence[float], zero_shot: ScoreFn,
+           opts: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The propensity curve the corrected learner uses, estimated from the logs by `opts["propensity"]` or
+    the simulator's own (`true`, normalized to position 1), and its record for the result (estimated and
+    true curves, the largest relative error over positions 1 to 10)."""
     from adapters import propensity as prop
 
     if opts["propensity"] == "true":
-        return prop.PropensityCurve(tuple(v / true_curve[0] for v in true_curve), "true", 0, 0)
-    return estimate_curve(groups, len(true_curve), zero_shot, opts, opts["propensity"])
+        curve = prop.PropensityCurve(tuple(v / true_curve[0] for v in true_curve), "true", 0, 0)
+    else:
+        curve = estimate_curve(groups, len(true_curve), zero_shot, opts, opts["propensity"])
+    err = prop.max_relative_error(curve.values, true_curve, min(10, len(true_curve)))
+    return curve, {"method": curve.method, "estimated": [round(v, 4) for v in curve.values[:10]],
+                   "true": [round(v / true_curve[0], 4) for v in true_curve[:10]],
+                   "max_rel_error_1_10": round(err, 4), "n_clicks": curve.n_clicks}
 
 
 def _train_learner(scoring: BenchScoring, learner: str, name: str, data: Any, opts: dict[str, Any], *, seed: int,
@@ -201,7 +208,6 @@ def _promoted(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -> dict[str, Any]:
     """One shop and seed: logs, propensity, learners, gates, ground truth. Returns a JSON-ready dict."""
-    from adapters import propensity as prop
     from adapters.config import GateConfig, SplitConfig
     from adapters.dataset import build_groups, split
     from adapters.gate import OffpageHoldout
@@ -215,9 +221,7 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
     groups = build_groups(events, lambda _: None)
     sim_s = time.monotonic() - t0
     n_pos = spec.page_size
-    true_curve = shop.spec.clicks.curve(n_pos)
-    curve = _curve(groups, true_curve, zero_shot, opts)
-    prop_err = prop.max_relative_error(curve.values, true_curve, min(10, n_pos))
+    curve, curve_record = _curve(groups, shop.spec.clicks.curve(n_pos), zero_shot, opts)
 
     window = groups[-opts["train_pages"]:]
     keys = {g.key for g in window}
@@ -253,9 +257,7 @@ def run_one(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any]) -
         "rule": spec.rule, "n_items": spec.n_items, "page_size": spec.page_size,
         "n_log_pages": opts["log_pages"], "n_groups": len(groups), "n_train": len(splits.train),
         "n_holdout": len(splits.holdout), "n_judged": len(judged), "n_served": len(served),
-        "propensity": {"method": curve.method, "estimated": [round(v, 4) for v in curve.values[:10]],
-                       "true": [round(v / true_curve[0], 4) for v in true_curve[:10]],
-                       "max_rel_error_1_10": round(prop_err, 4), "n_clicks": curve.n_clicks},
+        "propensity": curve_record,
         "learners": rows,
         "promoted": _promoted(rows),
         "model": opts["model"], "simulate_s": round(sim_s, 1), "total_s": round(time.monotonic() - t0, 1),
@@ -346,9 +348,9 @@ def run(args: argparse.Namespace, settings: Any = None) -> dict[str, Any]:
     specs = _specs(args)
     opts = {"log_pages": args.log_pages, "train_pages": args.train_pages, "judged_queries": args.judged_queries,
             "candidates": args.candidates, "propensity": args.propensity, "min_slot_repeats": args.min_slot_repeats,
-            "learning_rate": args.learning_rate,
-            "epochs": args.epochs, "eval_every": args.eval_every, "ips_max_weight": args.ips_max_weight,
-            "random_negatives": args.random_negatives, "selection_fraction": args.selection_fraction,
+            "learning_rate": args.learning_rate, "epochs": args.epochs, "eval_every": args.eval_every,
+            "ips_max_weight": args.ips_max_weight, "random_negatives": args.random_negatives,
+            "selection_fraction": args.selection_fraction,
             "learners": [x.strip() for x in args.learners.split(",") if x.strip()], "model": args.model,
             "residual_scale": args.residual_scale, "max_seq_len": args.max_seq_len, "quantization": args.quantization}
     t0 = time.monotonic()

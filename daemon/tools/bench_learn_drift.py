@@ -119,13 +119,10 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
 
     zero_shot = scoring.zero_shot
 
-    def curve_of(groups: Sequence[Any]) -> Any:
-        return estimate_curve(groups, n_pos, zero_shot, opts)
-
     # phase 1: pre-drift logs, the first champion
     pre_events = list(shop.traffic(opts["log_pages"], order=zero_shot, phase="pre"))
     pre_groups = build_groups(pre_events, lambda _: None)
-    curve1 = curve_of(pre_groups)
+    curve1 = estimate_curve(pre_groups, n_pos, zero_shot, opts)
     window1 = pre_groups[-opts["train_pages"]:]
     s1 = split(window1, split_cfg)
     cand1, handle1 = _fit(scoring, opts, cfg, f"d-{spec.name}-{seed}-1"[:60], s1, curve1, None)
@@ -137,7 +134,7 @@ def run_drift(scoring: BenchScoring, spec: Any, seed: int, opts: dict[str, Any])
     post_events = list(shop.traffic(opts["log_pages"] // 2, order=champion, phase="post",
                                     start=pre_events[-1]["ts"]))
     post_groups = build_groups(post_events, lambda _: None)
-    curve2 = curve_of(post_groups)
+    curve2 = estimate_curve(post_groups, n_pos, zero_shot, opts)
     window2 = post_groups[-opts["train_pages"]:]
     s2 = split(window2, split_cfg, previous=window1)
     cand2, _ = _fit(scoring, opts, cfg, f"d-{spec.name}-{seed}-2"[:60], s2, curve2, champ_ref)
